@@ -1,0 +1,1 @@
+"""Deployable functions: one small module each; parse -> call shared -> answer."""

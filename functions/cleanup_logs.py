@@ -1,0 +1,18 @@
+"""POST /api/admin/system/cleanup: delete health logs past the retention (also the scheduled trigger)."""
+
+from typing import Any
+
+import functions_framework.aio
+from starlette.requests import Request
+
+from shared.auth import Principal, Role
+from shared.bootstrap import Deps
+from shared.http import endpoint
+from shared.maintenance import run_cleanup
+
+
+@functions_framework.aio.http
+@endpoint(methods=("POST",), roles=(Role.ADMIN,))
+async def cleanup_logs(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
+    """Safe to run twice: the second run deletes nothing."""
+    return await run_cleanup(deps)

@@ -1,0 +1,18 @@
+"""GET /api/users/requests/{request_id}: where a creation request stands."""
+
+from typing import Any
+
+import functions_framework.aio
+from starlette.requests import Request
+
+from shared.auth import Principal, Role
+from shared.bootstrap import Deps
+from shared.creation import request_status as load_request_status
+from shared.http import endpoint
+
+
+@functions_framework.aio.http
+@endpoint(methods=("GET",), roles=(Role.SALES_MANAGER, Role.ADMIN))
+async def request_status(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
+    """The request id is the last path segment."""
+    return await load_request_status(deps, request.url.path.rstrip("/").rsplit("/", 1)[-1])

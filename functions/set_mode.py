@@ -1,0 +1,23 @@
+"""POST /api/admin/system/mode: flip the kill switch (reason required, optimistic locking)."""
+
+from typing import Any
+
+import functions_framework.aio
+from starlette.requests import Request
+
+from shared.admin import mode_view
+from shared.auth import Principal, Role
+from shared.bootstrap import Deps
+from shared.http import endpoint, json_object, read_json
+from shared.models import SetModeCommand
+from shared.traffic import set_mode as set_traffic_mode
+
+
+@functions_framework.aio.http
+@endpoint(methods=("POST",), roles=(Role.ADMIN,))
+async def set_mode(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
+    """Answers the new state; 409 when `expected_version` is stale."""
+    command = SetModeCommand.model_validate(json_object(await read_json(request, deps.settings.max_body_bytes)))
+    state = await set_traffic_mode(deps.pool, command, actor=principal.subject, source=deps.source)
+    deps.mode_cache.invalidate()
+    return mode_view(state, deps.fallback_reason())

@@ -1,0 +1,20 @@
+"""GET /api/admin/system/logs: health events, newest first (?limit, &level, &after_id)."""
+
+from typing import Any
+
+import functions_framework.aio
+from starlette.requests import Request
+
+from shared.auth import Principal, Role
+from shared.bootstrap import Deps
+from shared.health import list_events
+from shared.http import endpoint
+from shared.models import LogQuery
+
+
+@functions_framework.aio.http
+@endpoint(methods=("GET",), roles=(Role.ADMIN,))
+async def system_logs(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
+    """Query parameters are validated like a body: unknown ones are refused."""
+    query = LogQuery.model_validate(dict(request.query_params))
+    return {"items": await list_events(deps.pool, query)}

@@ -1,0 +1,18 @@
+"""GET /api/admin/system/metrics: queue, consumers, switch; within 1 s even with Redis down."""
+
+from typing import Any
+
+import functions_framework.aio
+from starlette.requests import Request
+
+from shared.admin import system_metrics as collect_metrics
+from shared.auth import Principal, Role
+from shared.bootstrap import Deps
+from shared.http import endpoint
+
+
+@functions_framework.aio.http
+@endpoint(methods=("GET",), roles=(Role.ADMIN,))
+async def system_metrics(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
+    """See `shared.admin.system_metrics`."""
+    return await collect_metrics(deps)

@@ -1,0 +1,1 @@
+"""Deployment: the function manifest, its rendering, and the SQL migrations."""

@@ -1,0 +1,1 @@
+"""The provisioner domain package: every business rule lives here, functions stay thin."""

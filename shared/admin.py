@@ -1,0 +1,76 @@
+"""Admin use cases: the switch as seen by an instance, system metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from shared import db
+from shared.bootstrap import Deps
+from shared.models import TrafficMode
+from shared.traffic import ModeState
+
+log = logging.getLogger(__name__)
+
+
+def effective(configured: TrafficMode, fallback_reason: str | None) -> tuple[str, str]:
+    """(effective_mode, effective_reason): what a creation request gets right now, and why."""
+    if configured is TrafficMode.SYNC_DIRECT:
+        return TrafficMode.SYNC_DIRECT.value, "manual"
+    if fallback_reason:
+        return TrafficMode.SYNC_DIRECT.value, fallback_reason
+    return TrafficMode.ASYNC_QUEUE.value, "configured"
+
+
+def mode_view(state: ModeState, fallback_reason: str | None) -> dict[str, Any]:
+    """The contract's answer of GET/POST /api/admin/system/mode."""
+    effective_mode, effective_reason = effective(state.mode, fallback_reason)
+    return {**state.to_dict(), "effective_mode": effective_mode, "effective_reason": effective_reason}
+
+
+async def redis_view(deps: Deps) -> tuple[dict[str, Any], dict[str, int] | None, list[dict[str, Any]]]:
+    """Redis availability, queue counts and live consumers, bounded so a hanging Redis costs < 1 s."""
+    try:
+        latency = await deps.queue.ping_ms()
+        counts, consumers = await asyncio.wait_for(
+            asyncio.gather(deps.queue.counts(), deps.queue.live_consumers()), deps.settings.redis_timeout_s * 2)
+    except Exception as exc:
+        log.info("metrics: Redis unavailable (%s)", type(exc).__name__)
+        return {"available": False, "latency_ms": None}, None, []
+    return {"available": True, "latency_ms": round(latency, 3)}, counts, consumers
+
+
+async def system_metrics(deps: Deps) -> dict[str, Any]:
+    """Queue, consumers, switch and lifetime totals; answers within 1 s even when Redis is down."""
+    state = await deps.mode_cache.current()
+    redis, counts, consumers = await redis_view(deps)
+    fallback_reason = deps.fallback_reason() or (None if redis["available"] else "redis_unavailable")
+    effective_mode, effective_reason = effective(state.mode, fallback_reason)
+    async with db.connection(deps.pool) as conn:
+        cur = await conn.execute(
+            "SELECT"
+            " (SELECT EXTRACT(EPOCH FROM now() - min(created_at)) FROM creation_requests"
+            "   WHERE status = 'queued') AS oldest_waiting_age_s,"
+            " (SELECT count(*) FROM creation_requests WHERE status = 'created') AS created,"
+            " (SELECT count(*) FROM creation_requests WHERE status = 'failed') AS failed,"
+            " (SELECT count(*) FROM creation_requests WHERE status IN ('queued', 'processing')) AS pending,"
+            " (SELECT count(*) FROM creation_requests WHERE fallback"
+            "   AND created_at > now() - interval '1 hour') AS fallbacks_last_hour,"
+            " (SELECT count(*) FROM email_outbox WHERE status = 'pending') AS emails_pending,"
+            " (SELECT count(*) FROM email_outbox WHERE status = 'failed') AS emails_failed"
+        )
+        totals = await cur.fetchone() or {}
+    oldest = totals.get("oldest_waiting_age_s")
+    return {
+        "mode": state.mode.value,
+        "effective_mode": effective_mode,
+        "effective_reason": effective_reason,
+        "redis": redis,
+        "queue": counts,
+        "workers": {"alive": len(consumers), "items": consumers},
+        "oldest_waiting_age_s": round(float(oldest), 3) if oldest is not None else None,
+        "rate_limit": {"max": deps.settings.rate_limit_max, "duration_ms": deps.settings.rate_limit_duration_ms},
+        "totals": {key: int(totals.get(key) or 0) for key in
+                   ("created", "failed", "pending", "fallbacks_last_hour", "emails_pending", "emails_failed")},
+    }

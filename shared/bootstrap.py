@@ -1,0 +1,110 @@
+"""The composition root: builds the adapters once per process, on first use, and closes them.
+
+Functions call `await get_deps()`; tests build their own with `open_deps(settings)` and `install()`.
+Nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from shared import db
+from shared.breaker import CircuitBreaker
+from shared.health import Level, record_detached
+from shared.mailer import Mailer
+from shared.queueing import JobQueue, request_path_client
+from shared.settings import Settings, get_settings
+from shared.traffic import ModeCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deps:
+    """Everything a function needs, made once per instance."""
+
+    settings: Settings
+    pool: AsyncConnectionPool
+    queue: JobQueue
+    breaker: CircuitBreaker
+    mode_cache: ModeCache
+    mailer: Mailer
+    source: str
+
+    def fallback_reason(self) -> str | None:
+        """Why this instance must not use the queue right now (None: it may)."""
+        if self.breaker.is_open:
+            return "redis_unavailable"
+        return None
+
+    async def aclose(self) -> None:
+        """Close what this process opened."""
+        await self.breaker.close()
+        await self.queue.close()
+        await self.pool.close()
+
+
+def instance_name(settings: Settings, role: str) -> str:
+    """Who wrote an event: the configured name, or role@host:pid."""
+    return settings.instance_name or f"{role}@{socket.gethostname()}:{os.getpid()}"
+
+
+async def open_deps(settings: Settings, *, role: str = "function", mailer: Mailer | None = None) -> Deps:
+    """Build and open every adapter. The pool opens without waiting, so a down database means 503s, not
+    a dead instance."""
+    source = instance_name(settings, role)
+    pool = db.make_pool(str(settings.database_url), min_size=settings.db_pool_min,
+                        max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s, name=role)
+    await pool.open(wait=False)
+    queue = JobQueue(request_path_client(str(settings.redis_url), settings.redis_timeout_s), settings)
+
+    async def probe() -> None:
+        await queue.ping_ms()
+
+    async def on_transition(opened: bool, reason: str) -> None:
+        modes = ("async_queue", "sync_direct") if opened else ("sync_direct", "async_queue")
+        meta: dict[str, Any] = {"from": modes[0], "to": modes[1], "reason": reason, "automatic": True,
+                                "instance": source}
+        await record_detached(pool, Level.SWITCH, "effective_mode_changed",
+                              f"effective mode {modes[0]} -> {modes[1]} ({reason})", meta, source=source)
+        if opened:
+            await record_detached(pool, Level.WARNING, "queue_fallback",
+                                  "Redis unavailable: creation requests are served synchronously", meta,
+                                  source=source)
+
+    breaker = CircuitBreaker(probe, on_transition, open_s=settings.breaker_open_s,
+                             probe_interval_s=settings.breaker_probe_interval_s)
+    return Deps(settings=settings, pool=pool, queue=queue, breaker=breaker,
+                mode_cache=ModeCache(pool, settings.mode_cache_ttl_s),
+                mailer=mailer or Mailer(settings), source=source)
+
+
+_deps: Deps | None = None
+_lock: asyncio.Lock | None = None
+
+
+async def get_deps() -> Deps:
+    """The process-wide dependencies, built by the first request that needs them."""
+    global _deps, _lock
+    if _deps is not None:
+        return _deps
+    if _lock is None:
+        _lock = asyncio.Lock()
+    async with _lock:
+        if _deps is None:
+            _deps = await open_deps(get_settings())
+            log.info("dependencies ready for %s", _deps.source)
+    return _deps
+
+
+def install(deps: Deps | None) -> None:
+    """Replace the process-wide dependencies (tests)."""
+    global _deps
+    _deps = deps

@@ -1,0 +1,213 @@
+"""Use case: a sales manager asks for a user. Record the request, then queue it or do it now."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from shared import db
+from shared.auth import Principal
+from shared.bootstrap import Deps
+from shared.errors import (
+    CreationFailed,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+    RequestInProgress,
+    UserExists,
+)
+from shared.health import Level, record
+from shared.models import CreateUserCommand, TrafficMode
+from shared.outbox import deliver_pending
+from shared.provisioning import Outcome, provision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the create function answers: status, JSON body and extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def new_request_id() -> str:
+    """A job-id-safe request id: no ':' and never all digits (BullMQ's rules)."""
+    return f"req_{uuid.uuid4().hex}"
+
+
+def status_url(deps: Deps, request_id: str) -> str:
+    """Where the caller polls a queued request."""
+    return f"{deps.settings.public_base_url}/api/users/requests/{request_id}"
+
+
+def validate_idempotency_key(key: str | None) -> str | None:
+    """1 to 255 visible characters, or absent."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise InvalidInput("Idempotency-Key must be 1-255 printable characters",
+                           details=[{"field": "Idempotency-Key", "message": "invalid"}])
+    return key
+
+
+async def create_user_request(deps: Deps, principal: Principal, command: CreateUserCommand,
+                              idempotency_key: str | None) -> Answer:
+    """Accept a creation request: 202 queued, or 201 created in the request (kill switch or fallback)."""
+    mode = (await deps.mode_cache.current()).mode
+    fallback_reason = deps.fallback_reason() if mode is TrafficMode.ASYNC_QUEUE else None
+    use_queue = mode is TrafficMode.ASYNC_QUEUE and fallback_reason is None
+
+    request_id, replay = await _record_request(deps, principal, command, idempotency_key,
+                                               queued=use_queue, fallback_reason=fallback_reason)
+    if replay is not None:
+        return await _replay(deps, replay)
+
+    if use_queue:
+        try:
+            await deps.queue.enqueue(request_id)
+        except Exception as exc:
+            # The job may or may not have landed; provision() makes either case end in one user.
+            fallback_reason = "redis_unavailable"
+            await deps.breaker.failure(f"{fallback_reason}: {type(exc).__name__}")
+            await _mark_fallback(deps, request_id, fallback_reason)
+        else:
+            return _queued_answer(deps, request_id)
+
+    outcome = await provision(deps.pool, request_id, source=deps.source,
+                              via="fallback" if fallback_reason else "sync")
+    return await _created_answer(deps, request_id, outcome, fallback=fallback_reason is not None)
+
+
+async def _record_request(deps: Deps, principal: Principal, command: CreateUserCommand,
+                          idempotency_key: str | None, *, queued: bool,
+                          fallback_reason: str | None) -> tuple[str, dict[str, Any] | None]:
+    """Insert the request row (committed before any 202). Returns (id, existing row if a replay)."""
+    request_id = new_request_id()
+    mode = TrafficMode.ASYNC_QUEUE if queued else TrafficMode.SYNC_DIRECT
+    async with db.connection(deps.pool) as conn:
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    "INSERT INTO creation_requests (id, actor, idempotency_key, body_hash, email,"
+                    " email_normalized, full_name, phone, product, mode, fallback, fallback_reason)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (actor, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+                    " RETURNING id",
+                    (request_id, principal.subject, idempotency_key, command.body_hash(), command.email,
+                     command.email_normalized, command.full_name, command.phone, command.product,
+                     mode.value, fallback_reason is not None, fallback_reason),
+                )
+                if await cur.fetchone() is None:
+                    return await _existing_for_key(conn, principal, idempotency_key, command)
+                cur = await conn.execute("SELECT 1 FROM users WHERE email_normalized = %s",
+                                         (command.email_normalized,))
+                if await cur.fetchone() is not None:
+                    # Early answer only; the unique constraint on users is what really decides.
+                    raise UserExists("a user with this email address already exists")
+                await record(conn, Level.INFO, "creation_requested",
+                             "user creation request recorded" + (" and queued" if queued else ""),
+                             {"request_id": request_id, "mode": mode.value, "fallback_reason": fallback_reason},
+                             source=deps.source)
+        except pg_errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != "creation_requests_one_pending_per_email":
+                raise
+            # A concurrent twin with the same key can trip this index before the key's arbiter index.
+            if idempotency_key is not None:
+                replay = await _existing_for_key(conn, principal, idempotency_key, command, required=False)
+                if replay[1] is not None:
+                    return replay
+            raise RequestInProgress("a creation request for this address is already in progress") from None
+    return request_id, None
+
+
+async def _existing_for_key(conn: Any, principal: Principal, idempotency_key: str | None,
+                            command: CreateUserCommand, *, required: bool = True) -> tuple[str, dict[str, Any] | None]:
+    """The request already recorded under this caller's key; 422 if it was for another body."""
+    cur = await conn.execute("SELECT * FROM creation_requests WHERE actor = %s AND idempotency_key = %s",
+                             (principal.subject, idempotency_key))
+    existing = await cur.fetchone()
+    if existing is None:
+        if required:  # the conflicting row vanished; never happens without deletes
+            raise CreationFailed("could not record the request; try again")
+        return "", None
+    if existing["body_hash"] != command.body_hash():
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used with a different body",
+            details=[{"field": "Idempotency-Key", "message": "reused with another body"}],
+        )
+    return existing["id"], existing
+
+
+async def _mark_fallback(deps: Deps, request_id: str, reason: str) -> None:
+    async with db.connection(deps.pool) as conn:
+        await conn.execute(
+            "UPDATE creation_requests SET mode = 'sync_direct', fallback = true, fallback_reason = %s,"
+            " updated_at = now() WHERE id = %s AND status = 'queued'",
+            (reason, request_id),
+        )
+
+
+async def _replay(deps: Deps, row: dict[str, Any]) -> Answer:
+    """The first answer again for a repeated Idempotency-Key with the same body."""
+    if row["mode"] == TrafficMode.ASYNC_QUEUE.value:
+        return _queued_answer(deps, row["id"])
+    outcome = await provision(deps.pool, row["id"], source=deps.source,
+                              via="fallback" if row["fallback"] else "sync")
+    return await _created_answer(deps, row["id"], outcome, fallback=row["fallback"])
+
+
+def _queued_answer(deps: Deps, request_id: str) -> Answer:
+    url = status_url(deps, request_id)
+    return Answer(202, {"request_id": request_id, "status": "queued", "mode": TrafficMode.ASYNC_QUEUE.value,
+                        "status_url": url}, {"Location": url})
+
+
+async def _created_answer(deps: Deps, request_id: str, outcome: Outcome, *, fallback: bool) -> Answer:
+    if outcome.status != "created" or outcome.user is None:
+        if outcome.error_code == "user_exists":
+            raise UserExists(outcome.error or "a user with this email address already exists")
+        raise CreationFailed(outcome.error or "the user could not be created")
+    if not outcome.already_done:  # whoever created the user sends the email (a replay may win the lock)
+        try:
+            await deliver_pending(deps.pool, deps.mailer, deps.settings, source=deps.source,
+                                  user_id=outcome.user["id"], limit=1)
+        except Exception:
+            # The user exists and the email stays in the outbox for a later delivery pass.
+            log.exception("welcome email delivery pass failed for request %s", request_id)
+    return Answer(201, {"request_id": request_id, "status": "created", "mode": TrafficMode.SYNC_DIRECT.value,
+                        "fallback": fallback, "user": outcome.user})
+
+
+async def request_status(deps: Deps, request_id: str) -> dict[str, Any]:
+    """The public state of a creation request."""
+    if not request_id or len(request_id) > 100:
+        raise NotFound("no such creation request")
+    try:
+        async with db.connection(deps.pool) as conn:
+            cur = await conn.execute(
+                "SELECT id, status, mode, fallback, attempts, user_id, error_code, error, created_at,"
+                " updated_at FROM creation_requests WHERE id = %s", (request_id,))
+            row = await cur.fetchone()
+    except psycopg.DataError:
+        row = None
+    if row is None:
+        raise NotFound("no such creation request")
+    body: dict[str, Any] = {
+        "request_id": row["id"], "status": row["status"], "mode": row["mode"], "fallback": row["fallback"],
+        "attempts": row["attempts"], "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+    if row["user_id"] is not None:
+        body["user_id"] = str(row["user_id"])
+    if row["error"] is not None:
+        body["error"] = row["error"]
+        body["error_code"] = row["error_code"]
+    return body

@@ -1,0 +1,77 @@
+"""PostgreSQL access: the connection pool, error mapping and the migration runner."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from shared.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_LOCK_ID = 7_300_001  # pg_advisory_lock key: one migration runner at a time
+
+
+def make_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float, name: str) -> AsyncConnectionPool[Any]:
+    """A pool that is not opened yet: the owner opens it (`await pool.open(wait=False)`) and closes it."""
+    return AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout_s,
+        open=False,
+        name=name,
+        # A checked-out connection is verified first, so a PostgreSQL restart costs no failed request.
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=0,  # keep trying to refill the pool for as long as the process lives
+        kwargs={"connect_timeout": max(1, int(timeout_s)), "row_factory": dict_row,
+                "application_name": name},
+    )
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: AsyncConnectionPool[Any]) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """Borrow a connection; an unreachable database becomes `DatabaseUnavailable` (503)."""
+    try:
+        async with pool.connection() as conn:
+            yield cast(AsyncConnection[DictRow], conn)
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable() from exc
+
+
+def apply_migrations(dsn: str, directory: Path) -> list[str]:
+    """Apply every `NNNN_name.sql` of `directory` not applied yet, each in its own transaction.
+
+    Idempotent and safe to run concurrently (an advisory lock serialises runners). Returns the
+    versions applied by this call.
+    """
+    applied: list[str] = []
+    files = sorted(p for p in directory.glob("*.sql") if p.name[:4].isdigit())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATIONS_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for path in files:
+                version = path.stem
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql.SQL(path.read_text()))  # trusted file from the repo
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                applied.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATIONS_LOCK_ID,))
+    return applied

@@ -1,0 +1,102 @@
+"""Health events: the operator-visible trail in `system_health_logs` (never an address, token or password)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from enum import StrEnum
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from shared import db
+from shared.errors import DatabaseUnavailable
+from shared.models import LogQuery
+
+log = logging.getLogger(__name__)
+
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
+_SECRET_KEYS = re.compile(r"pass|token|secret|authorization|email", re.IGNORECASE)
+
+
+class Level(StrEnum):
+    """Severity of a health event; SWITCH marks every change of the traffic mode."""
+
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    SWITCH = "SWITCH"
+
+
+def scrub(value: Any, key: str = "") -> Any:
+    """Defence in depth: drop secret-looking keys and mask anything shaped like an email address."""
+    if _SECRET_KEYS.search(key):
+        return "[redacted]"
+    if isinstance(value, dict):
+        return {str(k): scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    if isinstance(value, str):
+        return _EMAIL.sub("[redacted-email]", value)
+    return value
+
+
+async def record(conn: AsyncConnection[Any], level: Level, event: str, message: str,
+                 metadata: dict[str, Any] | None = None, *, source: str = "") -> None:
+    """Write an event on the caller's connection (so it commits or rolls back with the caller's work)."""
+    await conn.execute(
+        "INSERT INTO system_health_logs (level, event, message, metadata, source) VALUES (%s, %s, %s, %s, %s)",
+        (level.value, event, scrub(message), Jsonb(scrub(metadata or {})), source or "unknown"),
+    )
+    log.log(logging.WARNING if level in (Level.WARNING, Level.ERROR) else logging.INFO,
+            "health_event level=%s event=%s", level.value, event)
+
+
+async def record_detached(pool: AsyncConnectionPool, level: Level, event: str, message: str,
+                          metadata: dict[str, Any] | None = None, *, source: str = "") -> bool:
+    """Write an event on its own connection. Never raises: when the database is down the event goes
+    to the process log instead (at ERROR, so it is seen), and False is returned."""
+    try:
+        async with db.connection(pool) as conn:
+            await record(conn, level, event, message, metadata, source=source)
+        return True
+    except DatabaseUnavailable:
+        log.error("health event not stored (database unavailable): level=%s event=%s message=%s",
+                  level.value, event, scrub(message))
+        return False
+
+
+async def list_events(pool: AsyncConnectionPool, query: LogQuery) -> list[dict[str, Any]]:
+    """Newest first, optionally one level only and only those after a known id (incremental refresh)."""
+    conditions = [sql.SQL("TRUE")]
+    params: list[Any] = []
+    if query.level:
+        conditions.append(sql.SQL("level = %s"))
+        params.append(query.level)
+    if query.after_id is not None:
+        conditions.append(sql.SQL("id > %s"))
+        params.append(query.after_id)
+    params.append(query.limit)
+    stmt = sql.SQL(
+        "SELECT id, created_at, level, event, message, metadata FROM system_health_logs"
+        " WHERE {} ORDER BY id DESC LIMIT %s"
+    ).format(sql.SQL(" AND ").join(conditions))
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(stmt, params)
+        rows = await cur.fetchall()
+    return [{**row, "created_at": row["created_at"].isoformat()} for row in rows]
+
+
+async def cleanup(pool: AsyncConnectionPool, retention_days: int, *, source: str) -> int:
+    """Delete events older than the retention through the SQL function; leaves an INFO event."""
+    async with db.connection(pool) as conn, conn.transaction():
+        cur = await conn.execute("SELECT cleanup_health_logs(make_interval(days => %s)) AS deleted",
+                                 (retention_days,))
+        row = await cur.fetchone()
+        deleted = int(row["deleted"]) if row else 0
+        await record(conn, Level.INFO, "health_logs_cleaned",
+                     f"deleted {deleted} health log(s) older than {retention_days} days",
+                     {"deleted": deleted, "retention_days": retention_days}, source=source)
+    return deleted

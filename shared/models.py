@@ -1,0 +1,95 @@
+"""Validated commands and the shapes the functions answer with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.identity import normalize_email
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class TrafficMode(StrEnum):
+    """The kill switch: queue the slow part, or do it inside the request."""
+
+    ASYNC_QUEUE = "async_queue"
+    SYNC_DIRECT = "sync_direct"
+
+
+def _no_control_chars(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters or line breaks")
+    return value
+
+
+def _valid_email(value: str) -> str:
+    _no_control_chars(value)
+    try:
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=True, strict=True)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return checked.normalized
+
+
+PlainText = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_no_control_chars)]
+
+
+class CreateUserCommand(BaseModel):
+    """What a sales manager sends to create a user."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=320)
+
+    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=254), AfterValidator(_valid_email)]
+    full_name: Annotated[PlainText, Field(min_length=1, max_length=200)]
+    phone: Annotated[PlainText, Field(pattern=r"^\+?[0-9][0-9 ().-]{3,30}$")] | None = None
+    product: Annotated[PlainText, Field(min_length=1, max_length=100)] | None = None
+
+    @property
+    def email_normalized(self) -> str:
+        """The uniqueness key of the address."""
+        return normalize_email(self.email)
+
+    def body_hash(self) -> str:
+        """Fingerprint of the request body, to tell a replay from a reused Idempotency-Key."""
+        canonical = json.dumps(
+            {"email": self.email_normalized, "full_name": self.full_name, "phone": self.phone,
+             "product": self.product},
+            sort_keys=True, ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class SetModeCommand(BaseModel):
+    """An admin's flip of the kill switch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: TrafficMode
+    reason: Annotated[PlainText, Field(min_length=3, max_length=500)]
+    expected_version: Annotated[int, Field(ge=1)] | None = None
+
+
+class LogQuery(BaseModel):
+    """Filters of the health log listing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    level: Annotated[str, Field(pattern=r"^(INFO|WARNING|ERROR|SWITCH)$")] | None = None
+    after_id: Annotated[int, Field(ge=0)] | None = None
+
+
+def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors as the contract's `details`: the field and why, never the rejected value."""
+    details = []
+    for err in errors:
+        loc = ".".join(str(part) for part in err.get("loc", ())) or "body"
+        details.append({"field": loc, "message": err.get("msg", "invalid"), "type": err.get("type", "")})
+    return details

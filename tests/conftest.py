@@ -1,0 +1,170 @@
+"""Session-wide real servers (PostgreSQL, Redis, moto SES) and per-test clean state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+from functions_framework.aio import create_asgi_app
+
+from infra.manifest import load_manifest
+from shared import bootstrap
+from shared.auth import Role, issue_token
+from shared.bootstrap import Deps, open_deps
+from shared.mailer import Mailer
+from shared.settings import Settings
+from tests.support.stack import TEST_JWT_SECRET, Stack, running_stack
+
+TABLES = "users, creation_requests, email_outbox, password_setup_tokens, system_health_logs"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="provisioner-tests-") as tmp, running_stack(Path(tmp)) as running:
+        yield running
+
+
+def make_settings(stack: Stack, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "APP_ENV": "test",
+        "DATABASE_URL": stack.database_url,
+        "REDIS_URL": stack.redis_url,
+        "QUEUE_PREFIX": stack.queue_prefix,
+        "AUTH_JWT_SECRET": TEST_JWT_SECRET,
+        "AWS_ENDPOINT_URL_SES": stack.ses_url,
+        "BREAKER_OPEN_S": 0.5,
+        "BREAKER_PROBE_INTERVAL_S": 0.1,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> Settings:
+    return make_settings(stack)
+
+
+DepsFactory = Callable[..., Awaitable[Deps]]
+
+
+@pytest.fixture
+async def deps_factory(stack: Stack) -> AsyncIterator[DepsFactory]:
+    """Build extra, independent Deps (another 'instance'); closed after the test."""
+    made: list[Deps] = []
+
+    async def factory(**overrides: Any) -> Deps:
+        deps = await open_deps(make_settings(stack, **overrides), role="test-instance",
+                               mailer=Mailer(make_settings(stack), client=stack.ses.client()))
+        made.append(deps)
+        return deps
+
+    yield factory
+    for deps in made:
+        await deps.aclose()
+
+
+@pytest.fixture(scope="session")
+async def session_deps(settings: Settings, stack: Stack) -> AsyncIterator[Deps]:
+    deps = await open_deps(settings, role="test", mailer=Mailer(settings, client=stack.ses.client()))
+    await deps.pool.wait(timeout=10)
+    yield deps
+    await deps.aclose()
+
+
+def _wipe(stack: Stack) -> None:
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        conn.execute("UPDATE system_config SET value = 'async_queue', version = 1, reason = 'test reset',"
+                     " updated_by = 'tests' WHERE key = 'traffic_mode'")
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{stack.queue_prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def deps(session_deps: Deps, stack: Stack) -> AsyncIterator[Deps]:
+    """Clean database and queue, a closed breaker and a fresh mode cache, installed for the functions."""
+    _wipe(stack)
+    await session_deps.breaker.close()
+    session_deps.mode_cache.invalidate()
+    bootstrap.install(session_deps)
+    yield session_deps
+    bootstrap.install(None)
+
+
+@pytest.fixture(scope="session")
+def tokens(settings: Settings) -> dict[str, str]:
+    return {
+        "admin": issue_token(settings, role=Role.ADMIN, subject="admin-1"),
+        "sales_manager": issue_token(settings, role=Role.SALES_MANAGER, subject="sales-1"),
+        "other_sales": issue_token(settings, role=Role.SALES_MANAGER, subject="sales-2"),
+    }
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+_apps: dict[str, Any] = {}
+
+
+def function_app(name: str) -> Any:
+    """The functions-framework ASGI app of one manifest function (loaded once per session)."""
+    if name not in _apps:
+        spec = load_manifest()[name]
+        _apps[name] = create_asgi_app(spec.target, str(spec.source_path))
+    return _apps[name]
+
+
+@pytest.fixture
+async def call(deps: Deps) -> AsyncIterator[Callable[..., Awaitable[httpx.Response]]]:
+    """call(function_name, method, path, **httpx kwargs) -> response, in-process through functions-framework."""
+    clients: dict[str, httpx.AsyncClient] = {}
+
+    async def _call(name: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if name not in clients:
+            clients[name] = httpx.AsyncClient(transport=httpx.ASGITransport(app=function_app(name)),
+                                              base_url="http://function")
+        return await clients[name].request(method, path, **kwargs)
+
+    yield _call
+    for client in clients.values():
+        await client.aclose()
+
+
+@pytest.fixture
+def db(stack: Stack) -> Iterator[psycopg.Connection[Any]]:
+    """A plain connection to look at what the system wrote."""
+    with psycopg.connect(stack.database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        yield conn
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy (awaiting it when it is a coroutine); fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

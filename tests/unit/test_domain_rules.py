@@ -1,0 +1,80 @@
+"""Pure rules: email identity, settings safety, tokens, request ids."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from shared.auth import Role, authenticate, issue_token
+from shared.creation import new_request_id
+from shared.errors import Forbidden, Unauthorized
+from shared.identity import normalize_email
+from shared.models import CreateUserCommand
+from shared.settings import DEV_JWT_SECRET, Settings
+
+URLS = {"DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "REDIS_URL": "redis://127.0.0.1:2/0"}
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_normalisation_is_idempotent(address):
+    once = normalize_email(address)
+    assert normalize_email(once) == once
+
+
+@given(st.from_regex(r"[a-z][a-z0-9.]{0,20}@[a-z]{1,10}\.(com|org)", fullmatch=True))
+def test_case_and_full_width_variants_share_one_key(address):
+    wide = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in address.upper())
+    assert unicodedata.normalize("NFKC", wide) != address
+    assert normalize_email(wide) == normalize_email(address.upper()) == normalize_email(address)
+
+
+@given(st.emails())
+def test_accepted_addresses_keep_their_identity(address):
+    try:
+        command = CreateUserCommand(email=address, full_name="X")
+    except ValidationError:
+        return
+    assert command.email_normalized == normalize_email(command.email)
+
+
+def test_body_hash_ignores_address_case_but_not_other_fields():
+    a = CreateUserCommand(email="A@example.com", full_name="Ann")
+    assert a.body_hash() == CreateUserCommand(email="a@EXAMPLE.com", full_name="Ann").body_hash()
+    assert a.body_hash() != CreateUserCommand(email="a@example.com", full_name="Anne").body_hash()
+
+
+def test_dev_secret_is_refused_outside_development():
+    with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
+        Settings(**URLS, APP_ENV="production")
+    with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
+        Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="short")
+    assert Settings(**URLS, APP_ENV="development").auth_jwt_secret.get_secret_value() == DEV_JWT_SECRET
+    assert Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="p" * 40).app_env == "production"
+
+
+def test_secret_is_not_printed():
+    settings = Settings(**URLS, APP_ENV="development")
+    assert DEV_JWT_SECRET not in repr(settings) and DEV_JWT_SECRET not in str(settings.model_dump())
+
+
+def test_issued_tokens_round_trip_and_roles_are_checked():
+    settings = Settings(**URLS, APP_ENV="development")
+    principal = authenticate("Bearer " + issue_token(settings, role=Role.ADMIN, subject="a"), settings)
+    assert principal.role is Role.ADMIN and principal.subject == "a"
+    expired = issue_token(settings, role=Role.ADMIN, subject="a", ttl_s=-5)
+    with pytest.raises(Unauthorized, match="expired"):
+        authenticate(f"Bearer {expired}", settings)
+    stranger = issue_token(settings, role=Role.ADMIN, subject="a", extra={"app_metadata": {"role": "viewer"}})
+    with pytest.raises(Forbidden):
+        authenticate(f"Bearer {stranger}", settings)
+
+
+def test_request_ids_are_valid_bullmq_job_ids():
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(":" not in i and not i.isdigit() and re.fullmatch(r"[A-Za-z0-9_]+", i) for i in ids)
