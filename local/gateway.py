@@ -71,7 +71,8 @@ def build_app(upstreams: dict[str, str], specs: dict[str, FunctionSpec] | None =
             return _error(
                 503, "function_unavailable", f"{spec.name} did not answer ({type(exc).__name__})", {"Retry-After": "5"}
             )
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        out_headers = {k: v for k, v in upstream.headers.items()
+                       if k.lower() not in HOP_BY_HOP and k.lower() not in ("date", "server")}
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

@@ -1,0 +1,205 @@
+"""`invoke dev`: the whole system on this machine, behind one gateway on 127.0.0.1.
+
+Starts (unless configured) real PostgreSQL and Redis with state kept in `.local/dev/`, a moto SES server,
+applies the migrations, then runs every function of the manifest as its own functions-framework process,
+the queue consumer, the gateway and a scheduler tick. Prints one table and a READY line only when every part
+answered its health check. If any part fails to start or dies, it says which and why, and stops the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.manifest import MIGRATIONS_DIR, REPO_ROOT, load_manifest
+from local.scheduler import SchedulerTick
+from local.services import PostgresServer, RedisServer, ServiceError, SesEmulator, find_free_port
+from local.supervisor import Child, Supervisor
+from shared.db import apply_migrations
+
+STATE_DIR = REPO_ROOT / ".local" / "dev"
+STATE_FILE = STATE_DIR / "state.json"
+PREFERRED_PORTS = {"postgres": 55432, "redis": 56379, "ses": 55500}
+
+
+@dataclass
+class DevOptions:
+    """What `invoke dev` was asked for."""
+
+    port: int = 8080
+    state_dir: Path = STATE_DIR
+    with_consumer: bool = True
+    with_scheduler: bool = True
+
+
+class Stop(Exception):
+    """SIGTERM received."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _preferred(name: str) -> int:
+    port = PREFERRED_PORTS[name]
+    return port if _port_free(port) else find_free_port()
+
+
+def read_state(state_dir: Path = STATE_DIR) -> dict[str, Any] | None:
+    """What the running (or last) `invoke dev` wrote: URLs of the gateway and services."""
+    path = state_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_dev(opts: DevOptions) -> int:
+    """Run until Ctrl-C/SIGTERM (exit 0) or until a part dies (exit 1)."""
+    sup = Supervisor()
+    if not _port_free(opts.port):
+        sup.say(f"!! port {opts.port} is taken on 127.0.0.1: stop what uses it or pass --port N")
+        return 1
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Stop()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    services: list[tuple[str, Any]] = []
+    tick: SchedulerTick | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            env = _environment(opts, stack, services, sup)
+            sup.say("applying migrations ...")
+            applied = apply_migrations(env["DATABASE_URL"], MIGRATIONS_DIR)
+            sup.say(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+            upstreams = _start_functions(sup, env)
+            if opts.with_consumer and (REPO_ROOT / "functions" / "consumer.py").exists():
+                _start_consumer(sup, env)
+            gateway = sup.spawn(Child(
+                "gateway", [sys.executable, "-m", "local.gateway", "--port", str(opts.port),
+                            "--upstreams", json.dumps(upstreams)],
+                env, url=f"http://127.0.0.1:{opts.port}", health_path="/healthz"))
+            for child in sup.children.values():
+                sup.wait_healthy(child, timeout=60)
+            state = {"gateway": gateway.url, "database_url": env["DATABASE_URL"], "redis_url": env["REDIS_URL"],
+                     "ses_url": env.get("AWS_ENDPOINT_URL_SES"), "pid": os.getpid(),
+                     "functions": upstreams}
+            opts.state_dir.mkdir(parents=True, exist_ok=True)
+            (opts.state_dir / "state.json").write_text(json.dumps(state, indent=2))
+            if opts.with_scheduler:
+                tick = _start_scheduler(sup, gateway.url, env)
+            _print_table(sup, services, tick)
+            sup.say(f"READY provisioner on {gateway.url} (Ctrl-C stops everything)")
+            return _watch(sup, services)
+    except (KeyboardInterrupt, Stop):
+        sup.say("stopping ...")
+        return 0
+    except (RuntimeError, ServiceError) as exc:
+        sup.say(f"!! FAILED: {exc}")
+        return 1
+    finally:
+        if tick is not None:
+            tick.stopped.set()
+        sup.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+        sup.say("all processes stopped")
+
+
+def _environment(opts: DevOptions, stack: contextlib.ExitStack, services: list[tuple[str, Any]],
+                 sup: Supervisor) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("APP_ENV", "development")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("SET_PASSWORD_URL", f"http://127.0.0.1:{opts.port}/set-password")
+    data = opts.state_dir
+    data.mkdir(parents=True, exist_ok=True)
+    if not env.get("DATABASE_URL"):
+        sup.say("starting PostgreSQL (embedded, state in .local/dev/pg) ...")
+        pg = stack.enter_context(PostgresServer(data / "pg", _preferred("postgres")))
+        env["DATABASE_URL"] = pg.create_database("provisioner")
+        services.append(("postgres", pg))
+    if not env.get("REDIS_URL"):
+        sup.say("starting Redis (noeviction, append-only file in .local/dev/redis) ...")
+        redis_server = stack.enter_context(RedisServer(data / "redis", _preferred("redis"), persistent=True))
+        env["REDIS_URL"] = redis_server.url
+        services.append(("redis", redis_server))
+    if not env.get("AWS_ENDPOINT_URL_SES"):
+        sup.say("starting the SES emulator (moto server) ...")
+        ses = stack.enter_context(SesEmulator(_preferred("ses"), log_path=data / "moto.log"))
+        env["AWS_ENDPOINT_URL_SES"] = ses.url
+        env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+        env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setdefault("AWS_REGION", ses.region)
+        services.append(("ses", ses))
+    return env
+
+
+def _start_functions(sup: Supervisor, env: dict[str, str]) -> dict[str, str]:
+    upstreams: dict[str, str] = {}
+    for spec in load_manifest().values():
+        if spec.kind not in ("http", "scheduled"):
+            continue
+        port = find_free_port()
+        url = f"http://127.0.0.1:{port}"
+        child_env = {**env, "INSTANCE_NAME": f"{spec.name}@dev"}
+        sup.spawn(Child(spec.name, [sys.executable, "-m", "functions_framework", "--target", spec.target,
+                                    "--source", str(spec.source_path), "--host", "127.0.0.1", "--port", str(port),
+                                    "--asgi"], child_env, url=url, health_path="/"))
+        upstreams[spec.name] = url
+    return upstreams
+
+
+def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
+    sup.spawn(Child("consumer", [sys.executable, "-m", "functions.consumer"],
+                    {**env, "INSTANCE_NAME": "consumer@dev"}))
+
+
+def _start_scheduler(sup: Supervisor, gateway: str, env: dict[str, str]) -> SchedulerTick:
+    from shared.auth import Role, issue_token
+    from shared.settings import Settings
+
+    settings = Settings(**{k: v for k, v in env.items() if k in ("APP_ENV", "DATABASE_URL", "REDIS_URL",
+                                                                 "AUTH_JWT_SECRET")})
+    specs = [s for s in load_manifest().values() if s.schedule]
+    tick = SchedulerTick(gateway, specs, lambda: issue_token(settings, role=Role.ADMIN, subject="scheduler",
+                                                             ttl_s=300), sup.say)
+    tick.start()
+    return tick
+
+
+def _print_table(sup: Supervisor, services: list[tuple[str, Any]], tick: SchedulerTick | None) -> None:
+    rows = [(name, getattr(svc, "url", "").split("@")[-1], "running", str(getattr(svc, "pid", ""))) for name, svc in
+            services]
+    for child in sup.children.values():
+        rows.append((child.name, child.url or "-", child.state, str(child.proc.pid if child.proc else "")))
+    if tick is not None:
+        rows.append(("scheduler", ", ".join(f"{s.name} '{s.schedule}'" for s in tick.specs), "running", "-"))
+    widths = [max(len(r[i]) for r in [*rows, ("part", "url", "state", "pid")]) for i in range(4)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    sup.say(line.format("part", "url", "state", "pid"))
+    for row in rows:
+        sup.say(line.format(*row))
+
+
+def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
+    while True:
+        dead = sup.first_dead()
+        if dead is not None:
+            sup.say(f"!! {dead.name} DIED ({dead.state}); stopping everything" + sup._tail_text(dead))
+            return 1
+        for name, svc in services:
+            if not svc.is_running():
+                sup.say(f"!! {name} DIED; stopping everything")
+                return 1
+        time.sleep(0.5)
