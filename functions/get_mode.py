@@ -15,4 +15,4 @@ from shared.http import endpoint
 @endpoint(methods=("GET",), roles=(Role.ADMIN,))
 async def get_mode(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
     """Configured mode, version, who/when/why, and the effective mode with its reason."""
-    return mode_view(await deps.mode_cache.current(), deps.fallback_reason())
+    return mode_view(await deps.mode_cache.current(), await deps.fallback_reason())

@@ -20,4 +20,4 @@ async def set_mode(request: Request, deps: Deps, principal: Principal) -> dict[s
     command = SetModeCommand.model_validate(json_object(await read_json(request, deps.settings.max_body_bytes)))
     state = await set_traffic_mode(deps.pool, command, actor=principal.subject, source=deps.source)
     deps.mode_cache.invalidate()
-    return mode_view(state, deps.fallback_reason())
+    return mode_view(state, await deps.fallback_reason())

@@ -162,7 +162,7 @@ def _start_functions(sup: Supervisor, env: dict[str, str]) -> dict[str, str]:
 
 def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
     sup.spawn(Child("consumer", [sys.executable, "-m", "functions.consumer"],
-                    {**env, "INSTANCE_NAME": "consumer@dev"}))
+                    {**env, "INSTANCE_NAME": "consumer@dev"}, ready_text="consumer consumer@dev started"))
 
 
 def _start_scheduler(sup: Supervisor, gateway: str, env: dict[str, str]) -> SchedulerTick:

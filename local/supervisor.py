@@ -23,6 +23,8 @@ class Child:
     env: dict[str, str]
     url: str = ""
     health_path: str | None = None
+    ready_text: str | None = None  # healthy once a line of its output contains this
+    ready_seen: bool = False
     proc: subprocess.Popen[bytes] | None = None
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=30))
     state: str = "starting"
@@ -58,31 +60,39 @@ class Supervisor:
         for raw in child.proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             child.tail.append(line)
+            if child.ready_text and child.ready_text in line:
+                child.ready_seen = True
             self.say(f"[{child.name:<{self._width}}] {line}")
 
     def wait_healthy(self, child: Child, timeout: float) -> None:
-        """Block until `child` answers 200 on its health path; raise if it dies or times out."""
+        """Block until `child` is ready (its ready line was printed, or it answers HTTP on its health path);
+        raise with its last output if it dies or times out."""
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive(child)
-            if child.health_path is None:
-                child.state = "running"
+            if self._is_ready(child):
+                child.state = "healthy" if (child.ready_text or child.health_path) else "running"
                 return
-            try:
-                with urllib.request.urlopen(child.url + child.health_path, timeout=1):  # noqa: S310
-                    child.state = "healthy"
-                    return
-            except urllib.error.HTTPError:
-                # Any HTTP answer means the process serves (a function answers 401/405 to a bare GET).
-                child.state = "healthy"
-                return
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
             if time.monotonic() > deadline:
                 child.state = "unhealthy"
-                raise RuntimeError(f"{child.name} did not answer {child.url}{child.health_path} within {timeout:.0f} s"
+                wanted = child.ready_text or f"{child.url}{child.health_path}"
+                raise RuntimeError(f"{child.name} was not ready ({wanted}) within {timeout:.0f} s"
                                    + self._tail_text(child))
             time.sleep(0.1)
+
+    @staticmethod
+    def _is_ready(child: Child) -> bool:
+        if child.ready_text is not None:
+            return child.ready_seen
+        if child.health_path is None:
+            return True
+        try:
+            with urllib.request.urlopen(child.url + child.health_path, timeout=1):  # noqa: S310
+                return True
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer means it serves (a function answers 401/405 to a bare GET)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
 
     def check_alive(self, child: Child) -> None:
         """Raise with the child's last lines when it has exited."""

@@ -45,7 +45,14 @@ async def system_metrics(deps: Deps) -> dict[str, Any]:
     """Queue, consumers, switch and lifetime totals; answers within 1 s even when Redis is down."""
     state = await deps.mode_cache.current()
     redis, counts, consumers = await redis_view(deps)
-    fallback_reason = deps.fallback_reason() or (None if redis["available"] else "redis_unavailable")
+    if not redis["available"]:
+        fallback_reason: str | None = "redis_unavailable"
+    elif deps.breaker.is_open:
+        fallback_reason = "redis_unavailable"
+    elif not consumers and deps.settings.no_consumer_fallback:
+        fallback_reason = "no_consumer"
+    else:
+        fallback_reason = None
     effective_mode, effective_reason = effective(state.mode, fallback_reason)
     async with db.connection(deps.pool) as conn:
         cur = await conn.execute(

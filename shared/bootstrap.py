@@ -10,6 +10,8 @@ import asyncio
 import logging
 import os
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +40,23 @@ class Deps:
     mailer: Mailer
     source: str
 
-    def fallback_reason(self) -> str | None:
-        """Why this instance must not use the queue right now (None: it may)."""
+    consumers: ConsumerWatch
+
+    async def fallback_reason(self) -> str | None:
+        """Why this instance must not use the queue right now (None: it may).
+
+        Redis behind an open breaker, or no live consumer (a queued job would wait for nobody).
+        """
         if self.breaker.is_open:
             return "redis_unavailable"
-        return None
+        if not self.settings.no_consumer_fallback:
+            return None
+        try:
+            alive = await self.consumers.any_alive()
+        except Exception as exc:
+            await self.breaker.failure(f"redis_unavailable: {type(exc).__name__}")
+            return "redis_unavailable"
+        return None if alive else "no_consumer"
 
     async def aclose(self) -> None:
         """Close what this process opened."""
@@ -79,11 +93,56 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
                                   "Redis unavailable: creation requests are served synchronously", meta,
                                   source=source)
 
+    async def on_consumers(alive: bool) -> None:
+        meta: dict[str, Any] = {"from": "sync_direct" if alive else "async_queue",
+                                "to": "async_queue" if alive else "sync_direct",
+                                "reason": "consumer_back" if alive else "no_consumer", "automatic": True,
+                                "instance": source}
+        if not alive:
+            await record_detached(pool, Level.WARNING, "no_consumer",
+                                  "no live queue consumer: creation requests are served synchronously", meta,
+                                  source=source)
+        await record_detached(pool, Level.SWITCH, "effective_mode_changed",
+                              f"effective mode {meta['from']} -> {meta['to']} ({meta['reason']})", meta,
+                              source=source)
+
     breaker = CircuitBreaker(probe, on_transition, open_s=settings.breaker_open_s,
                              probe_interval_s=settings.breaker_probe_interval_s)
     return Deps(settings=settings, pool=pool, queue=queue, breaker=breaker,
                 mode_cache=ModeCache(pool, settings.mode_cache_ttl_s),
-                mailer=mailer or Mailer(settings), source=source)
+                mailer=mailer or Mailer(settings), source=source,
+                consumers=ConsumerWatch(queue, settings.consumer_check_ttl_s, on_consumers))
+
+
+class ConsumerWatch:
+    """Whether any consumer is alive, read from the heartbeats at most once per `ttl_s` per instance.
+
+    Reports transitions only: WARNING + SWITCH when the last consumer disappears, SWITCH when one is back.
+    """
+
+    def __init__(self, queue: JobQueue, ttl_s: float, on_transition: Callable[[bool], Awaitable[None]]) -> None:
+        self._queue = queue
+        self._ttl_s = ttl_s
+        self._on_transition = on_transition
+        self._alive: bool | None = None
+        self._read_at = 0.0
+
+    def forget(self) -> None:
+        """Drop the cached answer (tests)."""
+        self._alive = None
+        self._read_at = 0.0
+
+    async def any_alive(self) -> bool:
+        """True when at least one consumer's heartbeat is fresh; raises when Redis cannot be read."""
+        now = time.monotonic()
+        if self._alive is not None and now - self._read_at < self._ttl_s:
+            return self._alive
+        alive = bool(await self._queue.live_consumers(details=False))
+        self._read_at = now
+        previous, self._alive = self._alive, alive
+        if previous is not alive and not (previous is None and alive):
+            await self._on_transition(alive)
+        return alive
 
 
 _deps: Deps | None = None

@@ -62,7 +62,7 @@ async def create_user_request(deps: Deps, principal: Principal, command: CreateU
                               idempotency_key: str | None) -> Answer:
     """Accept a creation request: 202 queued, or 201 created in the request (kill switch or fallback)."""
     mode = (await deps.mode_cache.current()).mode
-    fallback_reason = deps.fallback_reason() if mode is TrafficMode.ASYNC_QUEUE else None
+    fallback_reason = await deps.fallback_reason() if mode is TrafficMode.ASYNC_QUEUE else None
     use_queue = mode is TrafficMode.ASYNC_QUEUE and fallback_reason is None
 
     request_id, replay = await _record_request(deps, principal, command, idempotency_key,

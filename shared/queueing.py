@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,6 @@ from shared.settings import Settings
 
 JOB_NAME = "create-user"
 JOB_STATES = ("waiting", "active", "completed", "failed", "delayed")
-HEARTBEAT_TTL_S = 30
 
 
 def request_path_client(url: str, timeout_s: float) -> aioredis.Redis:
@@ -77,15 +77,43 @@ class JobQueue:
         counts = await asyncio.wait_for(self.queue.getJobCounts(*JOB_STATES), self.settings.redis_timeout_s * 2)
         return {state: int(counts.get(state, 0)) for state in JOB_STATES}
 
-    async def live_consumers(self) -> list[dict[str, Any]]:
-        """Consumers whose heartbeat is younger than the TTL, newest first."""
+    async def live_consumers(self, *, details: bool = True) -> list[dict[str, Any]]:
+        """Consumers whose heartbeat is younger than the TTL, newest first (with their last job time)."""
         now_ms = int(time.time() * 1000)
-        rows: Any = await asyncio.wait_for(
-            self.client.zrevrangebyscore(self.consumers_key, "+inf", now_ms - HEARTBEAT_TTL_S * 1000,
-                                         withscores=True),
-            self.settings.redis_timeout_s * 2,
-        )
-        return [{"name": str(name), "last_seen": _iso(float(score))} for name, score in rows]
+
+        async def read() -> list[dict[str, Any]]:
+            rows: Any = await self.client.zrevrangebyscore(
+                self.consumers_key, "+inf", now_ms - self.settings.consumer_heartbeat_ttl_s * 1000, withscores=True)
+            items: list[dict[str, Any]] = [{"name": str(name), "last_seen": _iso(float(score))}
+                                           for name, score in rows]
+            if details and items:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for item in items:
+                        pipe.hget(self.consumer_key_prefix + item["name"], "last_job_at")
+                    last_jobs = await pipe.execute()
+                for item, last_job in zip(items, last_jobs, strict=True):
+                    item["last_job_at"] = _iso(float(last_job)) if last_job else None
+            return items
+
+        return await asyncio.wait_for(read(), self.settings.redis_timeout_s * 2)
+
+    async def heartbeat(self, name: str, info: Mapping[str | bytes, str | int | float]) -> None:
+        """Say this consumer is alive (for CONSUMER_HEARTBEAT_TTL_S); prune consumers silent for 10 TTLs."""
+        now_ms = int(time.time() * 1000)
+        key = self.consumer_key_prefix + name
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.consumers_key, {name: now_ms})
+            pipe.zremrangebyscore(self.consumers_key, "-inf", now_ms - self.settings.consumer_heartbeat_ttl_s * 10_000)
+            pipe.hset(key, mapping=dict(info.items()))
+            pipe.expire(key, self.settings.consumer_heartbeat_ttl_s)
+            await pipe.execute()
+
+    async def forget_consumer(self, name: str) -> None:
+        """Remove a consumer that stops cleanly, so it is not counted alive for the rest of its TTL."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.consumers_key, name)
+            pipe.delete(self.consumer_key_prefix + name)
+            await pipe.execute()
 
     async def close(self) -> None:
         """Close the queue and its Redis client."""

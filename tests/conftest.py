@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from shared.mailer import Mailer
 from shared.settings import Settings
 from tests.support.stack import TEST_JWT_SECRET, Stack, running_stack
 
-TABLES = "users, creation_requests, email_outbox, password_setup_tokens, system_health_logs"
+TABLES = "users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs"
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +94,28 @@ def _wipe(stack: Stack) -> None:
         client.close()
 
 
+PRETEND_CONSUMER = "test-consumer"
+
+
+def pretend_consumer_alive(stack: Stack) -> None:
+    """A heartbeat that stays fresh for an hour: request-path tests see a live consumer, so async mode
+    queues (202) instead of falling back for lack of one. Consumer tests remove it and run real ones."""
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        future_ms = int((time.time() + 3600) * 1000)
+        client.zadd(f"{stack.queue_prefix}:user-creation:provisioner:consumers", {PRETEND_CONSUMER: future_ms})
+    finally:
+        client.close()
+
+
 @pytest.fixture
 async def deps(session_deps: Deps, stack: Stack) -> AsyncIterator[Deps]:
     """Clean database and queue, a closed breaker and a fresh mode cache, installed for the functions."""
     _wipe(stack)
+    pretend_consumer_alive(stack)
     await session_deps.breaker.close()
     session_deps.mode_cache.invalidate()
+    session_deps.consumers.forget()
     bootstrap.install(session_deps)
     yield session_deps
     bootstrap.install(None)

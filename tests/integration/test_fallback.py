@@ -53,7 +53,8 @@ def events(db, event: str) -> list[dict]:
 
 
 async def test_redis_stopped_falls_back_within_1s_then_returns_to_queue(deps, deps_factory, own_redis, db):
-    instance = await deps_factory(REDIS_URL=own_redis.url, BREAKER_OPEN_S=0.3, BREAKER_PROBE_INTERVAL_S=0.05)
+    instance = await deps_factory(REDIS_URL=own_redis.url, BREAKER_OPEN_S=0.3, BREAKER_PROBE_INTERVAL_S=0.05,
+                                  NO_CONSUMER_FALLBACK=False)
     _, queued = await timed(instance, 0)
     assert queued.status == 202
 
@@ -81,7 +82,7 @@ async def test_redis_stopped_falls_back_within_1s_then_returns_to_queue(deps, de
 
 
 async def test_redis_hanging_process_falls_back_within_1s(deps, deps_factory, own_redis):
-    instance = await deps_factory(REDIS_URL=own_redis.url)
+    instance = await deps_factory(REDIS_URL=own_redis.url, NO_CONSUMER_FALLBACK=False)
     own_redis.signal(signal.SIGSTOP)
     try:
         elapsed, answer = await timed(instance, 1)
