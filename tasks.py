@@ -119,6 +119,24 @@ def migrate(c: Context) -> None:
 
 
 @task
+def worker(c: Context) -> None:
+    """Run the queue consumer alone, against DATABASE_URL/REDIS_URL (or the running local system's servers)."""
+    env = dict(os.environ)
+    if not env.get("DATABASE_URL") or not env.get("REDIS_URL"):
+        state = _dev_state()
+        env.setdefault("DATABASE_URL", str(state["database_url"]))
+        env.setdefault("REDIS_URL", str(state["redis_url"]))
+        if state.get("ses_url"):
+            env.setdefault("AWS_ENDPOINT_URL_SES", str(state["ses_url"]))
+            env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+            env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setdefault("APP_ENV", "development")
+    import subprocess
+
+    raise Exit(code=subprocess.call([sys.executable, "-m", "functions.consumer"], env=env))
+
+
+@task
 def cleanup(c: Context) -> None:
     """Run the health-log cleanup once (through the running local system's gateway, as the scheduler does)."""
     from infra.manifest import load_manifest

@@ -1,4 +1,4 @@
-"""Scheduled maintenance: health-log retention."""
+"""Scheduled maintenance: health-log retention, then a reconcile pass and the email outbox."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 from shared import health
 from shared.bootstrap import Deps
 from shared.errors import DatabaseUnavailable
+from shared.outbox import deliver_pending
+from shared.reconciler import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -26,4 +28,20 @@ async def run_cleanup(deps: Deps) -> dict[str, Any]:
                                      f"health log cleanup failed ({type(exc).__name__})",
                                      {"retention_days": days, "error": type(exc).__name__}, source=deps.source)
         raise
-    return {"deleted": deleted, "retention_days": days}
+    return {"deleted": deleted, "retention_days": days, "reconciled": await _reconcile(deps)}
+
+
+async def _reconcile(deps: Deps) -> dict[str, Any] | None:
+    """The scheduled pass of the reconciler and the email outbox (consumers run them too, more often).
+
+    Its failure does not fail the cleanup; it leaves a WARNING event and answers null."""
+    try:
+        report = await reconcile(deps.pool, deps.queue, grace_s=max(60.0, deps.settings.reconcile_grace_s),
+                                 source=deps.source)
+        await deliver_pending(deps.pool, deps.mailer, deps.settings, source=deps.source)
+    except Exception as exc:
+        await health.record_detached(deps.pool, health.Level.WARNING, "maintenance_incomplete",
+                                     f"scheduled reconcile did not finish ({type(exc).__name__})",
+                                     {"error": type(exc).__name__}, source=deps.source)
+        return None
+    return report.to_dict()
