@@ -32,13 +32,23 @@ def dev(c: Context, port: int = 8080, env: bool = False, no_consumer: bool = Fal
     raise Exit(code=run_dev(DevOptions(port=port, with_consumer=not no_consumer)))
 
 
-def _dev_state() -> dict[str, object]:
+def _dev_state(*, required: bool = True) -> dict[str, object]:
+    """The running `invoke dev`'s URLs (from .local/dev/state.json, if its process is alive)."""
     from local.dev import read_state
 
     state = read_state()
-    if state is None:
-        raise Exit("no local system found: start it with `invoke dev` (in another terminal)", code=2)
-    return state
+    alive = False
+    if state is not None:
+        try:
+            os.kill(int(str(state["pid"])), 0)
+            alive = True
+        except (OSError, ValueError, KeyError):
+            alive = False
+    if not alive:
+        if required:
+            raise Exit("no local system is running: start it with `invoke dev` (in another terminal)", code=2)
+        return {}
+    return state or {}
 
 
 def _print_env() -> None:
@@ -136,17 +146,63 @@ def worker(c: Context) -> None:
     raise Exit(code=subprocess.call([sys.executable, "-m", "functions.consumer"], env=env))
 
 
-@task
-def cleanup(c: Context) -> None:
-    """Run the health-log cleanup once (through the running local system's gateway, as the scheduler does)."""
+@task(help={"name": "a scheduled function of infra/functions.toml (e.g. cleanup_logs)"})
+def trigger(c: Context, name: str) -> None:
+    """Fire a scheduled function now, through the running local system's gateway, as Cloud Scheduler would."""
     from infra.manifest import load_manifest
     from local.scheduler import fire
 
+    specs = {n: s for n, s in load_manifest().items() if s.schedule}
+    if name not in specs:
+        raise Exit(f"unknown scheduled function {name!r}; scheduled: {', '.join(sorted(specs))}", code=2)
     state = _dev_state()
-    status = fire(str(state["gateway"]), load_manifest()["cleanup_logs"], _token("admin", "invoke-cleanup", 300))
-    print(f"cleanup: HTTP {status}")
+    status = fire(str(state["gateway"]), specs[name], _token("admin", "invoke-trigger", 300))
+    print(f"{name}: HTTP {status}")
     if status != 200:
         raise Exit(code=1)
+
+
+@task
+def cleanup(c: Context) -> None:
+    """Run the health-log cleanup (and reconcile pass) once: through the running local system, or directly
+    against DATABASE_URL/REDIS_URL when no local system runs."""
+    if _dev_state(required=False):
+        trigger(c, "cleanup_logs")
+        return
+    if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+        raise Exit("nothing to clean: start `invoke dev`, or set DATABASE_URL and REDIS_URL", code=2)
+    import asyncio
+
+    from shared.bootstrap import open_deps
+    from shared.maintenance import run_cleanup
+    from shared.settings import get_settings
+
+    async def once() -> dict[str, object]:
+        deps = await open_deps(get_settings(), role="invoke-cleanup")
+        try:
+            return await run_cleanup(deps)
+        finally:
+            await deps.aclose()
+
+    print(json.dumps(asyncio.run(once())))
+
+
+@task(help={"yes": "do not ask for confirmation"})
+def reset(c: Context, yes: bool = False) -> None:
+    """Wipe the local dev state (.local/dev: the embedded PostgreSQL and Redis data). Asks first."""
+    import shutil
+
+    from local.dev import STATE_DIR
+
+    if _dev_state(required=False):
+        raise Exit("the local system is running: stop `invoke dev` first", code=2)
+    if not STATE_DIR.exists():
+        print("nothing to reset")
+        return
+    if not yes and input(f"delete {STATE_DIR} (all local users, requests and logs)? [y/N] ").strip().lower() != "y":
+        raise Exit("kept", code=1)
+    shutil.rmtree(STATE_DIR)
+    print(f"deleted {STATE_DIR}")
 
 
 @task

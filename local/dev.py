@@ -192,8 +192,24 @@ def _print_table(sup: Supervisor, services: list[tuple[str, Any]], tick: Schedul
         sup.say(line.format(*row))
 
 
+WATCHED = ("shared", "functions", "infra")
+
+
+def _code_stamp() -> dict[Path, float]:
+    return {p: p.stat().st_mtime for d in WATCHED for p in (REPO_ROOT / d).rglob("*.py")}
+
+
 def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
+    stamp = _code_stamp()
     while True:
+        current = _code_stamp()
+        if current != stamp:
+            changed = sorted({str(p.relative_to(REPO_ROOT)) for p in current.keys() ^ stamp.keys()}
+                             | {str(p.relative_to(REPO_ROOT)) for p in current if stamp.get(p) != current[p]})
+            stamp = current
+            sup.say(f"code changed ({', '.join(changed[:5])}): reloading the functions and the consumer ...")
+            sup.restart([n for n in sup.children if n != "gateway"])
+            sup.say("reloaded")
         dead = sup.first_dead()
         if dead is not None:
             sup.say(f"!! {dead.name} DIED ({dead.state}); stopping everything" + sup._tail_text(dead))

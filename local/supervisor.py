@@ -116,6 +116,26 @@ class Supervisor:
                 return child
         return None
 
+    def restart(self, names: list[str], timeout: float = 30.0) -> None:
+        """Stop these children (SIGTERM, then SIGKILL) and start them again with the same command and
+        environment, all at once; returns when each is ready again."""
+        olds = [self.children[name] for name in names]
+        for old in olds:
+            if old.proc is not None and old.proc.poll() is None:
+                _signal_group(old.proc.pid, signal.SIGTERM)
+        for old in olds:
+            if old.proc is None:
+                continue
+            try:
+                old.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(old.proc.pid, signal.SIGKILL)
+                old.proc.wait(5)
+        fresh = [self.spawn(Child(o.name, o.cmd, o.env, url=o.url, health_path=o.health_path,
+                                  ready_text=o.ready_text)) for o in olds]
+        for child in fresh:
+            self.wait_healthy(child, timeout)
+
     def stop_all(self, timeout: float = 10.0) -> None:
         """SIGTERM every child (newest first), wait, then SIGKILL what is left. By PID only."""
         procs = [(c, c.proc) for c in reversed(list(self.children.values())) if c.proc is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,26 +24,35 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def dev_system(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc is None or proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n" + log.read_text()
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def invoke_dev(stack: Stack, log: Path) -> Iterator[dict]:
     """`invoke dev` on a free port, against this run's servers (so it starts none of its own)."""
     port = find_free_port()
     env = {**os.environ, **stack.env(), "APP_ENV": "development", "AUTH_JWT_SECRET": TEST_JWT_SECRET}
-    log = tmp_path_factory.mktemp("dev") / "dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "invoke", "dev", "--port", str(port)], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while "READY" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "no READY line within 60 s:\n" + log.read_text()
-            time.sleep(0.2)
+        wait_for_line(log, "READY", proc)
         yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log": log}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def dev_system(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    with invoke_dev(stack, tmp_path_factory.mktemp("dev") / "dev.log") as system:
+        yield system
 
 
 def _settings(stack: Stack) -> Settings:
@@ -78,6 +88,24 @@ def test_every_route_answers_through_the_gateway_in_both_modes(dev_system, stack
         assert http.get("/nowhere").status_code == 404
 
 
+def test_configured_servers_are_used_and_none_is_started(dev_system):
+    log = dev_system["log"].read_text()
+    assert "starting PostgreSQL" not in log and "starting Redis" not in log and "starting the SES" not in log
+    for part in ("create_user", "consumer", "gateway", "scheduler"):
+        assert part in log
+
+
+def test_code_change_reloads_functions_and_consumer(dev_system, stack):
+    marker = ROOT / "shared" / "__init__.py"
+    os.utime(marker)
+    wait_for_line(dev_system["log"], "reloaded", dev_system["proc"], timeout=60)
+    with httpx.Client(base_url=dev_system["url"], timeout=10) as http:
+        assert http.get("/healthz").status_code == 200
+        settings = _settings(stack)
+        admin = {"Authorization": f"Bearer {issue_token(settings, role=Role.ADMIN, subject='e2e-admin')}"}
+        assert http.get("/api/admin/system/mode", headers=admin).status_code == 200
+
+
 def test_sigterm_stops_every_process_it_started(dev_system):
     proc = dev_system["proc"]
     children = psutil.Process(proc.pid).children(recursive=True)
@@ -87,3 +115,17 @@ def test_sigterm_stops_every_process_it_started(dev_system):
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, [p.cmdline() for p in alive]
     assert "all processes stopped" in dev_system["log"].read_text()
+
+
+def test_a_dead_consumer_is_reported_loudly_and_everything_stops(stack, tmp_path, deps):
+    with invoke_dev(stack, tmp_path / "dev.log") as system:
+        proc = system["proc"]
+        consumer = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                        if "functions.consumer" in " ".join(p.cmdline()))
+        everything = psutil.Process(proc.pid).children(recursive=True)
+        consumer.kill()
+        assert proc.wait(30) == 1
+        log = system["log"].read_text()
+        assert "!! consumer DIED" in log and "stopping everything" in log
+        _gone, alive = psutil.wait_procs(everything, timeout=10)
+        assert not alive
