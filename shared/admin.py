@@ -68,6 +68,17 @@ async def system_metrics(deps: Deps) -> dict[str, Any]:
             " (SELECT count(*) FROM email_outbox WHERE status = 'failed') AS emails_failed"
         )
         totals = await cur.fetchone() or {}
+        cur = await conn.execute(
+            "SELECT to_char(date_trunc('minute', finished_at AT TIME ZONE 'UTC'),"
+            " 'YYYY-MM-DD\"T\"HH24:MI:00Z') AS minute,"
+            " count(*) FILTER (WHERE outcome IN ('created', 'already_done')) AS completed,"
+            " count(*) FILTER (WHERE outcome = 'failed') AS failed,"
+            " count(*) FILTER (WHERE outcome = 'retry') AS retried"
+            " FROM creation_attempts WHERE finished_at > now() - interval '1 hour'"
+            " GROUP BY 1 ORDER BY 1"
+        )
+        history = [{"minute": r["minute"], "completed": int(r["completed"]), "failed": int(r["failed"]),
+                    "retried": int(r["retried"])} for r in await cur.fetchall()]
     oldest = totals.get("oldest_waiting_age_s")
     return {
         "mode": state.mode.value,
@@ -80,4 +91,5 @@ async def system_metrics(deps: Deps) -> dict[str, Any]:
         "rate_limit": {"max": deps.settings.rate_limit_max, "duration_ms": deps.settings.rate_limit_duration_ms},
         "totals": {key: int(totals.get(key) or 0) for key in
                    ("created", "failed", "pending", "fallbacks_last_hour", "emails_pending", "emails_failed")},
+        "history": history,
     }

@@ -66,6 +66,10 @@ class JobQueue:
         add = self.queue.add(JOB_NAME, {"request_id": request_id}, job_options(self.settings, request_id))
         await asyncio.wait_for(add, timeout_s or self.settings.redis_timeout_s * 2)
 
+    async def remove_job(self, job_id: str) -> None:
+        """Delete a finished job (so its id can be used again); a missing job is fine."""
+        await asyncio.wait_for(self.queue.remove(job_id), self.settings.redis_timeout_s * 4)
+
     async def ping_ms(self) -> float:
         """Round trip to Redis in milliseconds; raises when Redis does not answer in time."""
         started = time.perf_counter()

@@ -117,3 +117,11 @@ async def test_healthz_and_openapi_need_no_token(call):
     assert (await call("healthz", "GET", "/healthz")).json() == {"status": "ok"}
     spec = (await call("openapi_spec", "GET", "/openapi.json")).json()
     assert spec["openapi"].startswith("3.1")
+
+
+async def test_panel_page_and_assets_are_served_without_path_tricks(call):
+    page = await call("admin_panel", "GET", "/admin/system-health")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "System Health" in page.text and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for path in ["/admin/assets/../../tasks.py", "/admin/assets/.env", "/admin/assets/nope.js", "/admin/other"]:
+        assert (await call("admin_panel", "GET", path)).status_code == 404

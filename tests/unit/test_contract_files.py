@@ -15,7 +15,7 @@ CONTRACT_ROUTES = {
     ("POST", "/api/users"), ("GET", "/api/users/requests/{request_id}"),
     ("GET", "/api/admin/system/mode"), ("POST", "/api/admin/system/mode"),
     ("GET", "/api/admin/system/metrics"), ("GET", "/api/admin/system/logs"),
-    ("POST", "/api/admin/system/cleanup"), ("GET", "/healthz"),
+    ("POST", "/api/admin/system/cleanup"), ("GET", "/healthz"), ("GET", "/admin/system-health"),
 }
 
 
