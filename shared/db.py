@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +22,10 @@ MIGRATIONS_LOCK_ID = 7_300_001  # pg_advisory_lock key: one migration runner at 
 
 
 def make_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float, name: str) -> AsyncConnectionPool[Any]:
-    """A pool that is not opened yet: the owner opens it (`await pool.open(wait=False)`) and closes it."""
+    """A pool that is not opened yet: the owner opens it (`await pool.open(wait=False)`) and closes it.
+
+    Connections are in autocommit mode: a statement commits alone, `async with conn.transaction()` groups.
+    """
     return AsyncConnectionPool(
         dsn,
         min_size=min_size,
@@ -29,23 +33,48 @@ def make_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float, name:
         timeout=timeout_s,
         open=False,
         name=name,
-        # A checked-out connection is verified first, so a PostgreSQL restart costs no failed request.
-        check=AsyncConnectionPool.check_connection,
         reconnect_timeout=0,  # keep trying to refill the pool for as long as the process lives
         kwargs={"connect_timeout": max(1, int(timeout_s)), "row_factory": dict_row,
-                "application_name": name},
+                "application_name": name, "autocommit": True},
     )
 
 
 @contextlib.asynccontextmanager
 async def connection(pool: AsyncConnectionPool[Any]) -> AsyncIterator[AsyncConnection[DictRow]]:
-    """Borrow a connection; an unreachable database becomes `DatabaseUnavailable` (503)."""
+    """Borrow a verified connection; an unreachable database becomes `DatabaseUnavailable` (503).
+
+    Each borrowed connection is checked with an empty query first. A dead one (PostgreSQL restarted, backend
+    terminated) is closed and the next one tried at once, so a restart costs no failed request. (The pool's own
+    `check=` backs off a second per dead connection, longer than a request may wait.)
+    """
+    deadline = time.monotonic() + (pool.timeout or 5.0)
+    conn = None
+    for _ in range(pool.max_size + 1):
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise PoolTimeout("no live connection in time")
+            candidate = await pool.getconn(timeout=remaining)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise DatabaseUnavailable() from exc
+        try:
+            await candidate.execute("")
+        except psycopg.Error:
+            await candidate.close()
+            await pool.putconn(candidate)
+            continue
+        conn = candidate
+        break
+    if conn is None:
+        raise DatabaseUnavailable()
     try:
-        async with pool.connection() as conn:
-            yield cast(AsyncConnection[DictRow], conn)
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        log.warning("database unavailable: %s", type(exc).__name__)
+        yield cast(AsyncConnection[DictRow], conn)
+    except psycopg.OperationalError as exc:
+        log.warning("database connection lost: %s", type(exc).__name__)
         raise DatabaseUnavailable() from exc
+    finally:
+        await pool.putconn(conn)
 
 
 def apply_migrations(dsn: str, directory: Path) -> list[str]:

@@ -61,9 +61,9 @@ async def deps_factory(stack: Stack) -> AsyncIterator[DepsFactory]:
     """Build extra, independent Deps (another 'instance'); closed after the test."""
     made: list[Deps] = []
 
-    async def factory(**overrides: Any) -> Deps:
+    async def factory(mailer: Mailer | None = None, **overrides: Any) -> Deps:
         deps = await open_deps(make_settings(stack, **overrides), role="test-instance",
-                               mailer=Mailer(make_settings(stack), client=stack.ses.client()))
+                               mailer=mailer or Mailer(make_settings(stack), client=stack.ses.client()))
         made.append(deps)
         return deps
 
@@ -185,3 +185,25 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interva
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+FIGURES: list[tuple[str, dict[str, Any]]] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """figures(name=value, ...): measured figures printed at the end of the run."""
+
+    def record(**values: Any) -> None:
+        FIGURES.append((request.node.name, values))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("measured figures")
+    for name, values in FIGURES:
+        shown = ", ".join(f"{k}={round(v, 3) if isinstance(v, float) else v}" for k, v in values.items())
+        terminalreporter.write_line(f"{name}: {shown}")
