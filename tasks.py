@@ -205,6 +205,24 @@ def reset(c: Context, yes: bool = False) -> None:
     print(f"deleted {STATE_DIR}")
 
 
+@task(help={"project": "Google Cloud project id", "region": "region (default europe-west1)",
+            "format": "terraform (default) or gcloud", "out": "write the files to this folder instead of printing",
+            "dry_run": "print what would be applied (the default when --out is not given)"})
+def deploy(c: Context, project: str = "", region: str = "europe-west1", format: str = "terraform", out: str = "",
+           dry_run: bool = False) -> None:
+    """Render infra/functions.toml to the Google Cloud deployment (Terraform JSON or gcloud commands).
+
+    Never applies anything itself: see infra/README.md for terraform plan/apply and the rollout order."""
+    if not project:
+        raise Exit("--project is required (the Google Cloud project id)", code=2)
+    from infra.render import main as render
+
+    args = ["--project", project, "--region", region, "--format", format]
+    args += ["--out", out] if out else []
+    args += ["--dry-run"] if dry_run or not out else []
+    raise Exit(code=render(args))
+
+
 @task
 def emails(c: Context) -> None:
     """Print the emails the local SES emulator accepted (newest last)."""

@@ -94,6 +94,7 @@ class DeployConfig:
     queue_name: str = "user-creation"
     queue_prefix: str = "bull"  # on Redis Cluster: "{bull}" (hash tag), see infra/README.md
     artifact_repository: str = "provisioner"
+    source_excludes: tuple[str, ...] = SOURCE_EXCLUDES  # paths under image_source left out of the functions' zip
     secret_env: tuple[str, ...] = (
         "DATABASE_URL", "REDIS_URL", "AUTH_JWT_SECRET",
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # SES is an AWS service: its credentials are secrets too
@@ -618,7 +619,7 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
         "name": f"{config.project}-{config.prefix}-source", "location": config.region,
         "uniform_bucket_level_access": True, "public_access_prevention": "enforced", "force_destroy": False})
     tf.block("functions.tf.json", "data", "archive_file", {"source": {
-        "type": "zip", "source_dir": config.image_source, "excludes": list(SOURCE_EXCLUDES),
+        "type": "zip", "source_dir": config.image_source, "excludes": list(config.source_excludes),
         "output_path": "${path.module}/.build/source.zip"}})
     tf.resource("functions.tf.json", "google_storage_bucket_object", "source", {
         "name": "source-${data.archive_file.source.output_md5}.zip",
@@ -879,9 +880,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     writing = args.out is not None and not args.dry_run
     source = args.source or (os.path.relpath(REPO_ROOT, args.out.resolve()) if writing else ".")
+    excludes: tuple[str, ...] = SOURCE_EXCLUDES
+    if writing and args.out.resolve().is_relative_to(REPO_ROOT):  # never zip terraform's own directory
+        excludes = (*excludes, args.out.resolve().relative_to(REPO_ROOT).as_posix())
     config = DeployConfig(project=args.project, region=args.region, env_name=args.env_name, image_source=source,
                           image=args.image, domain=args.domain, email_sender=args.email_sender,
-                          set_password_url=args.set_password_url)
+                          set_password_url=args.set_password_url, source_excludes=excludes)
     specs = load_manifest()
     try:
         if args.format == "terraform":
