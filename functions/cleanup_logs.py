@@ -12,7 +12,7 @@ from shared.maintenance import run_cleanup
 
 
 @functions_framework.aio.http
-@endpoint(methods=("POST",), roles=(Role.ADMIN,))
+@endpoint(methods=("POST",), roles=(Role.ADMIN, Role.SCHEDULER))
 async def cleanup_logs(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
     """Safe to run twice: the second run deletes nothing."""
     return await run_cleanup(deps)

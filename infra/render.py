@@ -235,6 +235,9 @@ def function_env(spec: FunctionSpec, config: DeployConfig, values: dict[str, str
         env["CONSUMER_SHUTDOWN_GRACE_S"] = str(SHUTDOWN_GRACE_S)
     else:
         env["FUNCTION_USE_ASGI"] = "true"  # as `invoke dev` runs them: functions-framework --asgi
+    if spec.kind == "scheduled":
+        # Cloud Scheduler calls with a Google-signed OIDC token of this account (checked by the function).
+        env["SCHEDULER_SERVICE_ACCOUNT"] = values["scheduler_email"]
     return env
 
 
@@ -611,7 +614,7 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
             "service": f"{api}.googleapis.com", "disable_on_destroy": False})
     emails = _tf_accounts(tf, config)
     values = {"domain": _var("api_domain"), "email_sender": _var("email_sender"),
-              "set_password_url": _var("set_password_url")}
+              "set_password_url": _var("set_password_url"), "scheduler_email": emails["scheduler"]}
 
     _tf_network(tf, config)
     _tf_state(tf, specs, config, emails)
@@ -718,7 +721,8 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
     from `url-map.json` (`gcloud_files`).
     """
     validate(specs, config)
-    values = _gcloud_values(config)
+    values = {**_gcloud_values(config),
+              "scheduler_email": config.service_account_email(config.scheduler_service_account)}
     p, r = f"--project={config.project}", f"--region={config.region}"
     network = f"projects/{config.project}/global/networks/{config.network}"
     connector = f"projects/{config.project}/locations/{config.region}/connectors/{config.vpc_connector}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,10 +17,15 @@ ALGORITHM = "HS256"
 
 
 class Role(StrEnum):
-    """Who may do what: sales managers create users; admins also run the system."""
+    """Who may do what: sales managers create users; admins also run the system; the scheduler (a Google
+    service account, never a role a user token can claim) may only fire scheduled functions."""
 
     ADMIN = "admin"
     SALES_MANAGER = "sales_manager"
+    SCHEDULER = "scheduler"
+
+
+USER_ROLES = (Role.ADMIN, Role.SALES_MANAGER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +44,12 @@ def authenticate(authorization: str | None, settings: Settings) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <token>'",
                            headers={"WWW-Authenticate": "Bearer"})
+    token = token.strip()
+    if settings.scheduler_service_account and _algorithm(token) == "RS256":
+        return _authenticate_scheduler(token, settings)
     try:
         claims = jwt.decode(
-            token.strip(),
+            token,
             settings.auth_jwt_secret.get_secret_value(),
             algorithms=[ALGORITHM],
             audience=settings.jwt_audience,
@@ -52,11 +61,38 @@ def authenticate(authorization: str | None, settings: Settings) -> Principal:
         raise Unauthorized("the token is not valid", headers={"WWW-Authenticate": "Bearer"}) from None
     app_metadata = claims.get("app_metadata")
     role = app_metadata.get("role") if isinstance(app_metadata, dict) else None
+    if role not in {r.value for r in USER_ROLES}:
+        raise Forbidden("the token carries no role that may use this service")
+    return Principal(subject=str(claims["sub"])[:200], role=Role(role))
+
+
+def _algorithm(token: str) -> str:
     try:
-        parsed = Role(str(role))
-    except ValueError:
-        raise Forbidden("the token carries no role that may use this service") from None
-    return Principal(subject=str(claims["sub"])[:200], role=parsed)
+        return str(jwt.get_unverified_header(token).get("alg", ""))
+    except jwt.PyJWTError:
+        return ""
+
+
+@functools.cache
+def _jwks_client(url: str) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=3600, timeout=5)
+
+
+def _authenticate_scheduler(token: str, settings: Settings) -> Principal:
+    """A Google-signed OIDC ID token of the configured scheduler service account (RS256, Google's keys).
+
+    The audience (the function's URL) is enforced by Cloud Run's IAM before the request arrives; here the
+    signature, issuer, expiry and the account's verified email are checked.
+    """
+    try:
+        key = _jwks_client(settings.oidc_jwks_url).get_signing_key_from_jwt(token)
+        claims = jwt.decode(token, key.key, algorithms=["RS256"], issuer=list(settings.oidc_issuers),
+                            options={"require": ["exp", "iss", "email"], "verify_aud": False})
+    except jwt.PyJWTError:
+        raise Unauthorized("the token is not valid", headers={"WWW-Authenticate": "Bearer"}) from None
+    if claims.get("email") != settings.scheduler_service_account or claims.get("email_verified") is not True:
+        raise Forbidden("this service account may not call this service")
+    return Principal(subject=str(claims["email"]), role=Role.SCHEDULER)
 
 
 def require_role(principal: Principal, *allowed: Role) -> None:

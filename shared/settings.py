@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     redis_url: RedisDsn = Field(alias="REDIS_URL")
     auth_jwt_secret: SecretStr = Field(SecretStr(DEV_JWT_SECRET), alias="AUTH_JWT_SECRET")
     jwt_audience: str = Field("authenticated", alias="AUTH_JWT_AUDIENCE")
+    # The scheduled trigger: Cloud Scheduler sends a Google-signed OIDC token of this service account.
+    scheduler_service_account: str = Field("", alias="SCHEDULER_SERVICE_ACCOUNT")
+    oidc_jwks_url: str = Field("https://www.googleapis.com/oauth2/v3/certs", alias="OIDC_JWKS_URL")
+    oidc_issuers: tuple[str, ...] = Field(("https://accounts.google.com", "accounts.google.com"),
+                                         alias="OIDC_ISSUERS")
 
     ses_endpoint_url: AnyUrl | None = Field(None, alias="AWS_ENDPOINT_URL_SES")
     aws_region: str = Field("us-east-1", alias="AWS_REGION")

@@ -21,11 +21,16 @@
   var FETCH_TIMEOUT_MS = 10000;
   var STALE_AFTER_S = 3;
 
+  // effective_reason in words: the state, and "because ..." for the fallback explanations.
   var REASONS = {
     configured: "as configured",
     manual: "manual kill switch",
-    redis_unavailable: "Redis unavailable (automatic fallback)",
-    no_consumer: "no consumer alive (automatic fallback)"
+    redis_unavailable: "automatic fallback: Redis unavailable",
+    no_consumer: "automatic fallback: no consumer alive"
+  };
+  var BECAUSE = {
+    redis_unavailable: "because Redis is unavailable",
+    no_consumer: "because no consumer is alive"
   };
 
   var S = {
@@ -41,6 +46,7 @@
     lastAttempt: null,
     clockSkewMs: 0,
     mode: null,
+    olderModeSince: null,
     metrics: null,
     logs: new Map(),
     logRows: new Map(),
@@ -268,6 +274,7 @@
 
   function clearData() {
     S.mode = null;
+    S.olderModeSince = null;
     S.metrics = null;
     S.lastOk = null;
     S.logs.clear();
@@ -359,7 +366,7 @@
         enterPanel();
       }
       if (results[0].status === "fulfilled") { S.metrics = results[0].value; }
-      if (results[1].status === "fulfilled") { S.mode = results[1].value; }
+      if (results[1].status === "fulfilled") { acceptMode(results[1].value); }
       safely(renderStatus);
       safely(renderSwitch);
       if (results[0].status === "fulfilled") { safely(function () { renderQueue(S.metrics); }); }
@@ -384,6 +391,17 @@
       if (S.again) { S.again = false; refreshAll(); return; }
       schedule();
     });
+  }
+
+  // Each function instance caches the switch for up to MODE_CACHE_TTL_S (<= 2 s): right after a switch, a refresh
+  // may still answer the previous version. Keep the newer state unless the older one persists (e.g. a DB restore).
+  function acceptMode(state) {
+    if (S.mode && typeof state.version === "number" && state.version < S.mode.version) {
+      if (S.olderModeSince === null) { S.olderModeSince = Date.now(); }
+      if (Date.now() - S.olderModeSince < 5000) { return; }
+    }
+    S.olderModeSince = null;
+    S.mode = state;
   }
 
   function safely(fn) {
@@ -411,7 +429,7 @@
   function updatePauseButton() {
     var btn = $("pause-btn");
     btn.setAttribute("aria-pressed", S.paused ? "true" : "false");
-    btn.textContent = S.paused ? "Resume auto-refresh" : "Pause auto-refresh";
+    btn.textContent = S.paused ? "Resume updates" : "Pause updates";
     tick();
   }
 
@@ -421,9 +439,9 @@
     var list = [];
     if (!m) { return list; }
     if (m.effective_mode && m.mode && m.effective_mode !== m.mode) {
-      list.push("Fallback active: requests are created directly in the request (" + m.effective_mode +
-                ") although the switch says " + m.mode + ", because of: " +
-                (REASONS[m.effective_reason] || m.effective_reason) + ".");
+      list.push("Fallback active: users are created directly in the request (" + m.effective_mode +
+                ") although the switch says " + m.mode + ", " +
+                (BECAUSE[m.effective_reason] || "because of " + m.effective_reason) + ".");
     }
     if (m.redis && m.redis.available === false) {
       list.push("Redis is unavailable: nothing can be queued; queue counts are unknown.");
@@ -452,8 +470,8 @@
     if (issues.length) {
       cls = "verdict-bad";
       if (effective !== configured) {
-        text = "Degraded: automatic fallback to " + effective + " (" + (REASONS[reason] || reason) +
-               "). Users are still created, directly in the request.";
+        text = "Degraded: automatic fallback to " + effective + " " + (BECAUSE[reason] || "(" + reason + ")") +
+               ". Users are still created, directly in the request.";
       } else if (m.redis && !m.redis.available) {
         text = "Degraded: Redis is unavailable. " + (configured === "sync_direct"
           ? "The kill switch is on, so users are still created directly." : "Queueing is not possible.");
@@ -497,8 +515,9 @@
       redis.classList.add("bad");
     }
     var workers = m.workers || { alive: 0, items: [] };
-    setText("st-workers", String(workers.alive));
-    $("st-workers").classList.toggle("bad", workers.alive === 0 && configured === "async_queue");
+    var redisUp = !!(m.redis && m.redis.available);
+    setText("st-workers", redisUp ? String(workers.alive) : "unknown (Redis unavailable)");
+    $("st-workers").classList.toggle("bad", redisUp && workers.alive === 0 && configured === "async_queue");
     setText("st-oldest", m.oldest_waiting_age_s === null ? "none waiting" : fmtDuration(m.oldest_waiting_age_s));
     $("st-oldest").classList.toggle("warn", m.oldest_waiting_age_s !== null && m.oldest_waiting_age_s > 60);
     if (m.rate_limit) {
@@ -543,7 +562,7 @@
     var label = target === "sync_direct" ? "Turn kill switch on (switch to sync_direct)…"
                                          : "Turn kill switch off (back to async_queue)…";
     if (btn.textContent !== label) { btn.textContent = label; }
-    btn.className = "btn " + (target === "sync_direct" ? "btn-danger" : "btn-primary");
+    btn.className = "btn " + (target === "sync_direct" ? "btn-danger-outline" : "btn-primary");
     btn.dataset.target = target;
     btn.disabled = false;
     var explain = st.mode === "sync_direct"
@@ -603,7 +622,7 @@
                                                            expected_version: target.version } })
       .then(function (state) {
         if (gen !== S.generation) { return; }
-        S.mode = state;
+        acceptMode(state);
         reasonField.value = "";
         S.switchReasonFor = null;
         closeDialog($("mode-dialog"));
@@ -621,7 +640,7 @@
           switchMessage("bad", "Not switched: the mode was changed by " + (current ? current.updated_by : "another admin") +
             " meanwhile (now " + (current ? current.mode + ", version " + current.version : "changed") +
             "). Nothing was overwritten; the panel reloaded the current state — check it before switching again.");
-          if (current) { S.mode = Object.assign({}, S.mode, current); renderSwitch(); }
+          if (current) { acceptMode(Object.assign({}, S.mode, current)); renderSwitch(); }
           requestRefresh();
           return;
         }

@@ -1,0 +1,96 @@
+"""The scheduled trigger in production: Cloud Scheduler's Google-signed OIDC token may run the cleanup only."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from shared import bootstrap
+from tests.conftest import auth
+
+SCHEDULER = "provisioner-scheduler@proj.iam.gserviceaccount.com"
+
+
+@pytest.fixture(scope="module")
+def google_keys() -> Iterator[tuple[object, str]]:
+    """An RSA key and a local JWKS endpoint standing in for Google's certificate URL."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    body = json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield key, f"http://127.0.0.1:{server.server_port}/certs"
+    server.shutdown()
+    server.server_close()
+
+
+def oidc(key: object, **claims: object) -> str:
+    base = {"iss": "https://accounts.google.com", "aud": "https://cleanup.example", "email": SCHEDULER,
+            "email_verified": True, "sub": "1234", "iat": int(time.time()), "exp": int(time.time()) + 300}
+    base.update(claims)
+    return jwt.encode(base, key, algorithm="RS256", headers={"kid": "k1"})
+
+
+@pytest.fixture
+async def scheduled(deps, deps_factory, google_keys):
+    key, url = google_keys
+    instance = await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url)
+    bootstrap.install(instance)
+    yield key
+
+
+async def test_scheduler_oidc_token_runs_the_cleanup(call, scheduled):
+    r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(oidc(scheduled)))
+    assert r.status_code == 200 and r.json()["retention_days"] == 7
+
+
+@pytest.mark.parametrize(("claims", "status"), [
+    ({"email": "someone-else@proj.iam.gserviceaccount.com"}, 403),
+    ({"email_verified": False}, 403),
+    ({"iss": "https://evil.example"}, 401),
+    ({"exp": int(time.time()) - 60}, 401),
+])
+async def test_other_oidc_tokens_are_refused(call, scheduled, claims, status):
+    r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(oidc(scheduled, **claims)))
+    assert r.status_code == status
+
+
+async def test_a_token_signed_by_another_key_is_refused(call, scheduled):
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(oidc(stranger)))
+    assert r.status_code == 401
+
+
+async def test_the_scheduler_may_not_use_admin_routes(call, scheduled):
+    r = await call("get_mode", "GET", "/api/admin/system/mode", headers=auth(oidc(scheduled)))
+    assert r.status_code == 403
+    r = await call("create_user", "POST", "/api/users", headers=auth(oidc(scheduled)),
+                   json={"email": "x@example.com", "full_name": "X"})
+    assert r.status_code == 403
+
+
+async def test_a_user_token_cannot_claim_the_scheduler_role(call, settings, deps):
+    from shared.auth import Role, issue_token
+
+    forged = issue_token(settings, role=Role.ADMIN, subject="u", extra={"app_metadata": {"role": "scheduler"}})
+    r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(forged))
+    assert r.status_code == 403
