@@ -16,6 +16,9 @@ from shared.requests_admin import list_requests as load_requests
 @endpoint(methods=("GET",), roles=(Role.ADMIN,))
 async def list_requests(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
     """Newest update first."""
+    unknown = set(request.query_params) - {"status", "limit"}
+    if unknown:
+        raise InvalidInput("unknown query parameter", details=[{"field": f, "message": "unknown"} for f in unknown])
     limit = request.query_params.get("limit", "50")
     if not limit.isdigit():
         raise InvalidInput("limit must be a number", details=[{"field": "limit", "message": "not a number"}])

@@ -22,7 +22,8 @@ class Route:
     @property
     def regex(self) -> re.Pattern[str]:
         """The path pattern with each {name} matching one segment."""
-        return re.compile("^" + re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(self.path)) + "/?$")
+        segment = r"[^/\x00-\x1f\x7f]+"  # no control characters: such a path matches no route (404)
+        return re.compile(r"\A" + re.sub(r"\\\{[a-z_]+\\\}", lambda _: segment, re.escape(self.path)) + r"/?\Z")
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,13 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, FunctionSpec]:
     return specs
 
 
-def match_route(specs: dict[str, FunctionSpec], method: str, path: str) -> tuple[FunctionSpec | None, bool]:
-    """(function serving method+path, whether the path exists under another method)."""
-    path_known = False
+def match_route(specs: dict[str, FunctionSpec], method: str, path: str) -> tuple[FunctionSpec | None, list[str]]:
+    """(function serving method+path, the methods the path answers to: empty for an unknown path)."""
+    allowed: list[str] = []
     for spec in specs.values():
         for route in spec.routes:
             if route.regex.match(path):
                 if route.method == method or (method == "HEAD" and route.method == "GET"):
-                    return spec, True
-                path_known = True
-    return None, path_known
+                    return spec, [route.method]
+                allowed.append(route.method)
+    return None, sorted(set(allowed) | ({"HEAD"} if "GET" in allowed else set()))

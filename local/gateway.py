@@ -54,16 +54,18 @@ def build_app(upstreams: dict[str, str], specs: dict[str, FunctionSpec] | None =
             yield
 
     async def proxy(request: Request) -> Response:
-        spec, path_known = match_route(specs, request.method, request.url.path)
+        spec, allowed = match_route(specs, request.method, request.url.path)
         if spec is None:
-            if path_known:
-                return _error(405, "method_not_allowed", "method not allowed on this path")
+            if allowed:
+                return _error(405, "method_not_allowed", "method not allowed on this path",
+                              {"Allow": ", ".join(allowed)})
             return _error(404, "not_found", "no such route")
         base = upstreams.get(spec.name)
         if base is None:
             return _error(503, "function_unavailable", f"{spec.name} is not running", {"Retry-After": "5"})
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers["x-forwarded-for"] = request.client.host if request.client else ""
+        # Raw bytes both ways: a header value need not be ASCII (the function decides what is valid).
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        headers.append((b"x-forwarded-for", (request.client.host if request.client else "").encode()))
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             upstream = await state["client"].request(request.method, url, headers=headers, content=await request.body())
@@ -71,12 +73,19 @@ def build_app(upstreams: dict[str, str], specs: dict[str, FunctionSpec] | None =
             return _error(
                 503, "function_unavailable", f"{spec.name} did not answer ({type(exc).__name__})", {"Retry-After": "5"}
             )
-        out_headers = {k: v for k, v in upstream.headers.items()
-                       if k.lower() not in HOP_BY_HOP and k.lower() not in ("date", "server")}
-        return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
+        response = Response(upstream.content, status_code=upstream.status_code)
+        response.raw_headers = [(k, v) for k, v in upstream.headers.raw
+                                if k.decode("latin-1").lower() not in HOP_BY_HOP | {"date", "server"}]
+        response.raw_headers.append((b"content-length", str(len(upstream.content)).encode()))
+        return response
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        # Paths Starlette itself cannot route (e.g. a control character in a segment) get the JSON 404 too.
+        return _error(404, "not_found", "no such route")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", proxy, methods=methods)], lifespan=lifespan)
+    return Starlette(routes=[Route("/{path:path}", proxy, methods=methods)], lifespan=lifespan,
+                     exception_handlers={404: not_found})
 
 
 def main() -> None:

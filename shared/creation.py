@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +49,15 @@ def status_url(deps: Deps, request_id: str) -> str:
     return f"{deps.settings.public_base_url}/api/users/requests/{request_id}"
 
 
+IDEMPOTENCY_KEY = re.compile(r"[!-~]([ -~]{0,253}[!-~])?")
+
+
 def validate_idempotency_key(key: str | None) -> str | None:
-    """1 to 255 visible characters, or absent."""
+    """1 to 255 printable ASCII characters (inner spaces allowed), or absent."""
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise InvalidInput("Idempotency-Key must be 1-255 printable characters",
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidInput("Idempotency-Key must be 1-255 printable ASCII characters",
                            details=[{"field": "Idempotency-Key", "message": "invalid"}])
     return key
 

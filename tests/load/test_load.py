@@ -37,7 +37,7 @@ def system(stack, tmp_path: Path):
 async def run_load(urls: list[str], token: str, flips: list[tuple[float, TrafficMode]], deps) -> dict:
     latencies: list[float] = []
     codes: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=400, max_keepalive_connections=200)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)  # a frontend fleet, not a flood
     async with httpx.AsyncClient(timeout=10, limits=limits) as http:
         started = time.perf_counter()
 
