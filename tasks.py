@@ -109,11 +109,14 @@ def _quote(arg: str) -> str:
 
 @task
 def lint(c: Context) -> None:
-    """ruff (E, F, I, B, UP, RUF, ASYNC, S) over the repository and mypy --strict over shared/ and functions/."""
+    """ruff (E, F, I, B, UP, RUF, ASYNC, S) over the repository, mypy --strict and bandit over shared/ and
+    functions/ (every bandit exception is a `# nosec` with its reason next to it)."""
     _need("ruff")
     _need("mypy")
+    _need("bandit")
     c.run(f"{sys.executable} -m ruff check .")
     c.run(f"{sys.executable} -m mypy")
+    c.run(f"{sys.executable} -m bandit -q -r shared functions")
 
 
 @task

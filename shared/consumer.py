@@ -141,7 +141,8 @@ class Consumer:
 
     async def wait(self) -> int:
         """Run until a stop is requested (exit code 0) or the worker loop dies (exit code 1)."""
-        assert self._run_task is not None  # noqa: S101 - start() ran
+        if self._run_task is None:
+            raise RuntimeError("start() must run before wait()")
         stop = asyncio.create_task(self.stop_requested.wait())
         done, _ = await asyncio.wait({stop, self._run_task}, return_when=asyncio.FIRST_COMPLETED)
         died = self._run_task in done and not self.stop_requested.is_set()

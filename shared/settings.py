@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import AnyUrl, Field, PostgresDsn, RedisDsn, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0000"  # noqa: S105 - refused outside development
+# The development placeholder: Settings refuses it when APP_ENV is production (explained bandit finding).
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0000"  # noqa: S105  # nosec B105
 
 Environment = Literal["development", "test", "production"]
 
