@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -291,6 +291,24 @@ class _ManagedProcess:
 
     def _unregister_atexit(self) -> None:
         atexit.unregister(self._atexit_stop)
+
+    def _wait_ready(self, deadline: float, timeout: float, probe: Callable[[float], str | None],
+                    waiting_for: str, log_path: Path | None) -> None:
+        """Poll `probe(remaining_s)` (None when ready, else why not) until ready; raise if the process exits
+        or the deadline passes, with the server log's tail."""
+        last_error = "not tried yet"
+        while True:
+            code = self._proc.poll() if self._proc is not None else None
+            if code is not None:
+                raise self._fail_start(f"{self._service} exited with status {code} during startup", log_path)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._fail_start(f"{waiting_for} after {timeout:.0f}s (last error: {last_error})", log_path)
+            error = probe(remaining)
+            if error is None:
+                return
+            last_error = error
+            time.sleep(_POLL_INTERVAL)
 
     def _fail_start(self, reason: str, log_path: Path | None) -> ServiceError:
         """Build the error (reading the log tail first), then stop the half-started process."""
@@ -664,32 +682,20 @@ class PostgresServer(_ManagedProcess):
             )
         self._register_atexit()
 
-        last_error = "no connection attempt yet"
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise self._fail_start(f"postgres exited with status {code} during startup", self.log_path)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._fail_start(
-                    f"not accepting connections after {timeout:.0f}s (last error: {last_error})",
-                    self.log_path,
-                )
+        def accepting(remaining: float) -> str | None:
             try:
                 with psycopg.connect(self.url, connect_timeout=max(1, min(3, int(remaining)))) as conn:
                     row = conn.execute("SELECT current_setting('data_directory')").fetchone()
             except psycopg.OperationalError as exc:
-                last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            else:
-                # Make sure we reached *our* server, not another one that owns the port.
-                served = row[0] if row else None
-                if served is not None and os.path.realpath(served) == os.path.realpath(self.data_dir):
-                    return
-                raise self._fail_start(
-                    f"port {self.port} is answered by another PostgreSQL (data_directory={served!r})",
-                    self.log_path,
-                )
-            time.sleep(_POLL_INTERVAL)
+                return str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            # Make sure we reached *our* server, not another one that owns the port.
+            served = row[0] if row else None
+            if served is not None and os.path.realpath(served) == os.path.realpath(self.data_dir):
+                return None
+            raise self._fail_start(
+                f"port {self.port} is answered by another PostgreSQL (data_directory={served!r})", self.log_path)
+
+        self._wait_ready(deadline, timeout, accepting, "not accepting connections", self.log_path)
 
     # -- use -----------------------------------------------------------------
 
@@ -861,22 +867,8 @@ class RedisServer(_ManagedProcess):
                 start_new_session=True,
             )
         self._register_atexit()
-        last_error = "no PING yet"
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise self._fail_start(f"redis-server exited ({code}) during startup", self.log_path)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._fail_start(
-                    f"no PONG from 127.0.0.1:{self.port} after {timeout:.0f}s (last error: {last_error})",
-                    self.log_path,
-                )
-            error = self._ping(timeout=min(0.5, max(remaining, 0.05)))
-            if error is None:
-                return
-            last_error = error
-            time.sleep(_POLL_INTERVAL)
+        self._wait_ready(deadline, timeout, lambda remaining: self._ping(timeout=min(0.5, max(remaining, 0.05))),
+                         f"no PONG from 127.0.0.1:{self.port}", self.log_path)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (clean shutdown, flushes the AOF if persistent), wait, then SIGKILL. Idempotent."""
@@ -1030,26 +1022,14 @@ class SesEmulator(_ManagedProcess):
                 start_new_session=True,
             )
         self._register_atexit()
-        last_error = "no HTTP request yet"
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise self._fail_start(f"moto.server exited with status {code} during startup", log_path)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._fail_start(
-                    f"no HTTP answer from {self.url} after {timeout:.0f}s (last error: {last_error})",
-                    log_path,
-                )
+        def answering(remaining: float) -> str | None:
             try:
                 status, _ = self._http_get("/moto-api/data.json", timeout=min(2.0, max(remaining, 0.1)))
             except (OSError, http.client.HTTPException) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if status == 200 and self._proc.poll() is None:
-                    break
-                last_error = f"HTTP {status} from /moto-api/data.json"
-            time.sleep(_POLL_INTERVAL)
+                return f"{type(exc).__name__}: {exc}"
+            return None if status == 200 else f"HTTP {status} from /moto-api/data.json"
+
+        self._wait_ready(deadline, timeout, answering, f"no HTTP answer from {self.url}", log_path)
         try:
             self.client().verify_email_identity(EmailAddress=self.sender)
         except Exception as exc:

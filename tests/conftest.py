@@ -22,6 +22,7 @@ from shared.auth import Role, issue_token
 from shared.bootstrap import Deps, open_deps
 from shared.mailer import Mailer
 from shared.settings import Settings
+from tests.support.proxy import FaultProxy
 from tests.support.stack import TEST_JWT_SECRET, Stack, running_stack
 
 TABLES = "users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs"
@@ -119,6 +120,15 @@ async def deps(session_deps: Deps, stack: Stack) -> AsyncIterator[Deps]:
     bootstrap.install(session_deps)
     yield session_deps
     bootstrap.install(None)
+
+
+@pytest.fixture
+async def proxy(stack: Stack) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of this run's Redis (`proxy.url`; `proxy.set_mode(...)`)."""
+    host, port = stack.redis_url.split("//", 1)[1].split("/")[0].rsplit(":", 1)
+    fault_proxy = await FaultProxy(host, int(port)).start()
+    yield fault_proxy
+    await fault_proxy.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import asyncio
 import collections
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -26,7 +25,6 @@ from shared.traffic import set_mode
 from tests.conftest import make_settings, wait_until
 from tests.integration.test_consumer import FAST_RECOVERY, all_done, start_consumer, statuses
 from tests.support.processes import ConsumerProcess
-from tests.support.proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 SALES = Principal("sales-1", Role.SALES_MANAGER)
@@ -34,14 +32,6 @@ SALES = Principal("sales-1", Role.SALES_MANAGER)
 
 def cmd(email: str) -> CreateUserCommand:
     return CreateUserCommand(email=email, full_name="Fault Test")
-
-
-@pytest.fixture
-async def proxy(stack) -> AsyncIterator[FaultProxy]:
-    host, port = stack.redis_url.split("//", 1)[1].split("/")[0].rsplit(":", 1)
-    p = await FaultProxy(host, int(port)).start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture

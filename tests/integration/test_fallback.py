@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,6 @@ from shared.auth import Principal, Role
 from shared.creation import create_user_request
 from shared.models import CreateUserCommand
 from tests.conftest import wait_until
-from tests.support.proxy import FaultProxy
 
 SALES = Principal("sales-1", Role.SALES_MANAGER)
 
@@ -31,14 +30,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     if server.is_running():
         server.signal(signal.SIGCONT)
     server.stop()
-
-
-@pytest.fixture
-async def proxy(stack) -> AsyncIterator[FaultProxy]:
-    host, port = stack.redis_url.split("//", 1)[1].split("/")[0].rsplit(":", 1)
-    p = await FaultProxy(host, int(port)).start()
-    yield p
-    await p.stop()
 
 
 async def timed(deps, i: int) -> tuple[float, object]:
