@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -97,13 +98,11 @@ def test(c: Context, k: str = "", x: bool = False, args: str = "") -> None:
     if x:
         cmd.append("-x")
     if args:
-        cmd += args.split()
+        cmd += shlex.split(args)
     c.run(" ".join(_quote(a) for a in cmd), pty=False)
 
 
 def _quote(arg: str) -> str:
-    import shlex
-
     return shlex.quote(arg)
 
 
