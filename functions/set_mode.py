@@ -5,7 +5,7 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.admin import mode_view
+from shared.admin import current_mode_view
 from shared.auth import Principal, Role
 from shared.bootstrap import Deps
 from shared.http import endpoint, json_object, read_json
@@ -20,4 +20,4 @@ async def set_mode(request: Request, deps: Deps, principal: Principal) -> dict[s
     command = SetModeCommand.model_validate(json_object(await read_json(request, deps.settings.max_body_bytes)))
     state = await set_traffic_mode(deps.pool, command, actor=principal.subject, source=deps.source)
     deps.mode_cache.invalidate()
-    return mode_view(state, await deps.fallback_reason())
+    return await current_mode_view(deps, state)

@@ -152,7 +152,7 @@ def _start_functions(sup: Supervisor, env: dict[str, str]) -> dict[str, str]:
             continue
         port = find_free_port()
         url = f"http://127.0.0.1:{port}"
-        child_env = {**env, "INSTANCE_NAME": f"{spec.name}@dev"}
+        child_env = {**env, "INSTANCE_NAME": f"{spec.name}/dev"}
         sup.spawn(Child(spec.name, [sys.executable, "-m", "functions_framework", "--target", spec.target,
                                     "--source", str(spec.source_path), "--host", "127.0.0.1", "--port", str(port),
                                     "--asgi"], child_env, url=url, health_path="/"))
@@ -162,7 +162,7 @@ def _start_functions(sup: Supervisor, env: dict[str, str]) -> dict[str, str]:
 
 def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
     sup.spawn(Child("consumer", [sys.executable, "-m", "functions.consumer"],
-                    {**env, "INSTANCE_NAME": "consumer@dev"}, ready_text="consumer consumer@dev started"))
+                    {**env, "INSTANCE_NAME": "consumer/dev"}, ready_text="consumer consumer/dev started"))
 
 
 def _start_scheduler(sup: Supervisor, gateway: str, env: dict[str, str]) -> SchedulerTick:

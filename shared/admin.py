@@ -9,7 +9,7 @@ from typing import Any
 from shared import db
 from shared.bootstrap import Deps
 from shared.models import TrafficMode
-from shared.traffic import ModeState
+from shared.traffic import ModeState, read_mode
 
 log = logging.getLogger(__name__)
 
@@ -29,31 +29,46 @@ def mode_view(state: ModeState, fallback_reason: str | None) -> dict[str, Any]:
     return {**state.to_dict(), "effective_mode": effective_mode, "effective_reason": effective_reason}
 
 
-async def redis_view(deps: Deps) -> tuple[dict[str, Any], dict[str, int] | None, list[dict[str, Any]]]:
+async def redis_view(deps: Deps, *, with_counts: bool = True
+                     ) -> tuple[dict[str, Any], dict[str, int] | None, list[dict[str, Any]]]:
     """Redis availability, queue counts and live consumers, bounded so a hanging Redis costs < 1 s."""
     try:
         latency = await deps.queue.ping_ms()
-        counts, consumers = await asyncio.wait_for(
-            asyncio.gather(deps.queue.counts(), deps.queue.live_consumers()), deps.settings.redis_timeout_s * 2)
+        if with_counts:
+            counts, consumers = await asyncio.wait_for(
+                asyncio.gather(deps.queue.counts(), deps.queue.live_consumers()), deps.settings.redis_timeout_s * 2)
+        else:
+            counts, consumers = None, await deps.queue.live_consumers(details=False)
     except Exception as exc:
         log.info("metrics: Redis unavailable (%s)", type(exc).__name__)
         return {"available": False, "latency_ms": None}, None, []
     return {"available": True, "latency_ms": round(latency, 3)}, counts, consumers
 
 
+def observed_fallback_reason(deps: Deps, redis_available: bool, consumers_alive: int) -> str | None:
+    """Why a creation request would not be queued, from an observation that changes no state (admin reads
+    must not open this instance's breaker or write transition events: the create path does that)."""
+    if not redis_available or deps.breaker.is_open:
+        return "redis_unavailable"
+    if consumers_alive == 0 and deps.settings.no_consumer_fallback:
+        return "no_consumer"
+    return None
+
+
+async def current_mode_view(deps: Deps, state: ModeState | None = None) -> dict[str, Any]:
+    """The switch as stored (read fresh, not from the cache) and the effective mode, observed without side
+    effects."""
+    state = state or await read_mode(deps.pool)
+    redis, _, consumers = await redis_view(deps, with_counts=False)
+    return mode_view(state, observed_fallback_reason(deps, redis["available"], len(consumers)))
+
+
 async def system_metrics(deps: Deps) -> dict[str, Any]:
     """Queue, consumers, switch and lifetime totals; answers within 1 s even when Redis is down."""
     state = await deps.mode_cache.current()
     redis, counts, consumers = await redis_view(deps)
-    if not redis["available"]:
-        fallback_reason: str | None = "redis_unavailable"
-    elif deps.breaker.is_open:
-        fallback_reason = "redis_unavailable"
-    elif not consumers and deps.settings.no_consumer_fallback:
-        fallback_reason = "no_consumer"
-    else:
-        fallback_reason = None
-    effective_mode, effective_reason = effective(state.mode, fallback_reason)
+    effective_mode, effective_reason = effective(
+        state.mode, observed_fallback_reason(deps, redis["available"], len(consumers)))
     async with db.connection(deps.pool) as conn:
         cur = await conn.execute(
             "SELECT"

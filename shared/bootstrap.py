@@ -66,8 +66,8 @@ class Deps:
 
 
 def instance_name(settings: Settings, role: str) -> str:
-    """Who wrote an event: the configured name, or role@host:pid."""
-    return settings.instance_name or f"{role}@{socket.gethostname()}:{os.getpid()}"
+    """Who wrote an event: the configured name, or role/host:pid (no "@": it would read as an address)."""
+    return settings.instance_name or f"{role}/{socket.gethostname()}:{os.getpid()}"
 
 
 async def open_deps(settings: Settings, *, role: str = "function", mailer: Mailer | None = None) -> Deps:

@@ -69,7 +69,7 @@ async def record_detached(pool: AsyncConnectionPool, level: Level, event: str, m
 
 
 async def list_events(pool: AsyncConnectionPool, query: LogQuery) -> list[dict[str, Any]]:
-    """Newest first, optionally one level only and only those after a known id (incremental refresh)."""
+    """Newest first; optionally one level, only ids after a known one (refresh) or before one (paging back)."""
     conditions = [sql.SQL("TRUE")]
     params: list[Any] = []
     if query.level:
@@ -78,6 +78,9 @@ async def list_events(pool: AsyncConnectionPool, query: LogQuery) -> list[dict[s
     if query.after_id is not None:
         conditions.append(sql.SQL("id > %s"))
         params.append(query.after_id)
+    if query.before_id is not None:
+        conditions.append(sql.SQL("id < %s"))
+        params.append(query.before_id)
     params.append(query.limit)
     stmt = sql.SQL(
         "SELECT id, created_at, level, event, message, metadata FROM system_health_logs"

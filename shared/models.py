@@ -88,6 +88,7 @@ class LogQuery(BaseModel):
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     level: Annotated[str, Field(pattern=r"^(INFO|WARNING|ERROR|SWITCH)$")] | None = None
     after_id: Annotated[int, Field(ge=0)] | None = None
+    before_id: Annotated[int, Field(ge=1)] | None = None  # pages back through older events
 
 
 def validation_details(errors: list[Any]) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@
     clockSkewMs: 0,
     mode: null,
     olderModeSince: null,
+    authPending: null,
     metrics: null,
     logs: new Map(),
     logRows: new Map(),
@@ -234,7 +235,10 @@
     refreshAll();
   }
 
+  function anyDialogOpen() { return $("mode-dialog").open || $("retry-dialog").open; }
+
   function signOut(message) {
+    S.authPending = null;
     S.generation += 1;
     forgetToken();
     stopTimer();
@@ -354,7 +358,19 @@
           if (isAuthError(r.reason)) { auth = auth || r.reason; } else { failures.push([parts[i][0], r.reason]); }
         }
       });
-      if (auth) { signOut(authMessage(auth)); return; }
+      if (auth) {
+        if (S.signedIn && anyDialogOpen()) {
+          // Do not throw away what the admin is typing: stop polling, say why, sign out when the dialog closes.
+          S.authPending = auth;
+          S.paused = true;
+          updatePauseButton();
+          $("stale").textContent = authMessage(auth) + " Close the dialog to sign in again.";
+          show("stale", true);
+          return;
+        }
+        signOut(authMessage(auth));
+        return;
+      }
       if (!S.signedIn) {
         if (failures.length === parts.length) {
           // Nothing answered: we cannot tell whether the token works. Say so on the sign-in form.
@@ -972,9 +988,17 @@
     S.retryTarget = id;
     updateCounter("retry-reason", "retry-reason-count");
     $("retry-error").textContent = "";
-    $("retry-dialog-desc").textContent = "Request " + id + " for " + item.email + " failed with " +
-      (item.error_code ? item.error_code + ": " : "") + (item.error || "unknown error") + " after " + item.attempts +
-      " attempt(s). It goes through the normal path again (queued, or created at once when the queue may not be used).";
+    var facts = $("retry-facts");
+    facts.textContent = "";
+    [["Email", item.email + (item.full_name ? " (" + item.full_name + ")" : "")],
+     ["Error", (item.error_code ? item.error_code + ": " : "") + (item.error || "unknown error")],
+     ["Attempts", String(item.attempts)],
+     ["Request", id]].forEach(function (pair) {
+      var row = el("div");
+      row.appendChild(el("dt", null, pair[0]));
+      row.appendChild(el("dd", null, pair[1]));
+      facts.appendChild(row);
+    });
     $("retry-confirm").disabled = false;
     openDialog($("retry-dialog"));
   }
@@ -1060,6 +1084,11 @@
         $("retry-error").textContent = "";
         this.removeAttribute("aria-invalid");
       }
+    });
+    ["mode-dialog", "retry-dialog"].forEach(function (id) {
+      $(id).addEventListener("close", function () {
+        if (S.authPending && !anyDialogOpen()) { signOut(authMessage(S.authPending)); }
+      });
     });
     $("log-level").addEventListener("change", changeLevel);
     $("log-search").addEventListener("input", applySearch);

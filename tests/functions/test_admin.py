@@ -93,6 +93,9 @@ async def test_logs_newest_first_filtered_and_incremental(call, tokens):
     newer = await call("system_logs", "GET", f"/api/admin/system/logs?after_id={items[1]['id']}&limit=1",
                        headers=auth(tokens["admin"]))
     assert [i["id"] for i in newer.json()["items"]] == [items[0]["id"]]
+    older = await call("system_logs", "GET", f"/api/admin/system/logs?before_id={items[0]['id']}&limit=1",
+                       headers=auth(tokens["admin"]))
+    assert [i["id"] for i in older.json()["items"]] == [items[1]["id"]]
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=501", "level=DEBUG", "after_id=-1", "limit=abc", "foo=1"])
