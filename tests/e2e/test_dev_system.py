@@ -86,6 +86,9 @@ def test_every_route_answers_through_the_gateway_in_both_modes(dev_system, stack
         assert http.get("/api/admin/system/metrics", headers=sales).status_code == 403
         assert http.get("/api/users").status_code == 405
         assert http.get("/nowhere").status_code == 404
+    # No address in any process's log lines (every function, the consumer, the gateway).
+    log = dev_system["log"].read_text(errors="replace")
+    assert "e2e-q@example.com" not in log and "e2e-s@example.com" not in log
 
 
 def test_configured_servers_are_used_and_none_is_started(dev_system):

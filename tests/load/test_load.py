@@ -38,7 +38,8 @@ async def run_load(urls: list[str], token: str, flips: list[tuple[float, Traffic
     latencies: list[float] = []
     codes: dict[int, int] = {}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)  # a frontend fleet, not a flood
-    async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+    # No pool timeout: a request waits for a free connection as a browser would; answers must come in 30 s.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30, pool=None), limits=limits) as http:
         started = time.perf_counter()
 
         async def one(i: int) -> None:
