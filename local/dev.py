@@ -100,6 +100,8 @@ def run_dev(opts: DevOptions) -> int:
             if opts.with_scheduler:
                 tick = _start_scheduler(sup, gateway.url, env)
             _print_table(sup, services, tick)
+            sup.say(f"System Health panel (signed in for 8 h): {gateway.url}/admin/system-health#token="
+                    f"{_admin_token(env, ttl_s=8 * 3600)}")
             sup.say(f"READY provisioner on {gateway.url} (Ctrl-C stops everything)")
             return _watch(sup, services)
     except (KeyboardInterrupt, Stop):
@@ -165,15 +167,19 @@ def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
                     {**env, "INSTANCE_NAME": "consumer/dev"}, ready_text="consumer consumer/dev started"))
 
 
-def _start_scheduler(sup: Supervisor, gateway: str, env: dict[str, str]) -> SchedulerTick:
+def _admin_token(env: dict[str, str], *, ttl_s: int, subject: str = "dev-admin") -> str:
+    """An admin token signed with the system's secret (the dev placeholder unless AUTH_JWT_SECRET is set)."""
     from shared.auth import Role, issue_token
     from shared.settings import Settings
 
     settings = Settings(**{k: v for k, v in env.items() if k in ("APP_ENV", "DATABASE_URL", "REDIS_URL",
                                                                  "AUTH_JWT_SECRET")})
+    return issue_token(settings, role=Role.ADMIN, subject=subject, ttl_s=ttl_s)
+
+
+def _start_scheduler(sup: Supervisor, gateway: str, env: dict[str, str]) -> SchedulerTick:
     specs = [s for s in load_manifest().values() if s.schedule]
-    tick = SchedulerTick(gateway, specs, lambda: issue_token(settings, role=Role.ADMIN, subject="scheduler",
-                                                             ttl_s=300), sup.say)
+    tick = SchedulerTick(gateway, specs, lambda: _admin_token(env, ttl_s=300, subject="scheduler"), sup.say)
     tick.start()
     return tick
 
