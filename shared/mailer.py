@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
-
-import boto3
-from botocore.config import Config
 
 from shared.settings import Settings
 
 
 class Mailer:
-    """Sends one email per call; the boto3 client is made once by the composition root."""
+    """Sends one email per call. The boto3 client is built on the first send, not at start-up: most
+    functions never send an email, and boto3 costs about 0.2 s to import and set up (a cold start)."""
 
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.sender = settings.email_sender
-        self._client = client or boto3.client(
-            "ses",
-            region_name=settings.aws_region,
-            endpoint_url=str(settings.ses_endpoint_url) if settings.ses_endpoint_url else None,
-            config=Config(connect_timeout=2, read_timeout=settings.email_send_timeout_s,
-                          retries={"max_attempts": 1, "mode": "standard"}),
-        )
+        self._settings = settings
+        self._client = client
+        self._lock = threading.Lock()
+
+    def _ses(self) -> Any:
+        with self._lock:  # sends run in worker threads; build the client once
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                settings = self._settings
+                self._client = boto3.client(
+                    "ses",
+                    region_name=settings.aws_region,
+                    endpoint_url=str(settings.ses_endpoint_url) if settings.ses_endpoint_url else None,
+                    config=Config(connect_timeout=2, read_timeout=settings.email_send_timeout_s,
+                                  retries={"max_attempts": 1, "mode": "standard"}),
+                )
+            return self._client
 
     def send_welcome(self, *, to: str, full_name: str, set_password_link: str) -> str:
         """Send the welcome email (blocking: call it in a thread). Returns the SES message id.
@@ -32,7 +43,7 @@ class Mailer:
             f"Hello {full_name},\n\nAn account was created for you. Choose your password here "
             f"(the link works once and expires):\n\n{set_password_link}\n"
         )
-        answer = self._client.send_email(
+        answer = self._ses().send_email(
             Source=self.sender,
             Destination={"ToAddresses": [to]},
             Message={"Subject": {"Data": "Welcome: set your password", "Charset": "UTF-8"},
