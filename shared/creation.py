@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from shared import db
+from shared import db, health
 from shared.auth import Principal
 from shared.bootstrap import Deps
 from shared.errors import (
@@ -22,7 +22,7 @@ from shared.errors import (
     RequestInProgress,
     UserExists,
 )
-from shared.health import Level, record
+from shared.health import Level
 from shared.models import CreateUserCommand, TrafficMode
 from shared.outbox import deliver_pending
 from shared.provisioning import Outcome, provision
@@ -37,6 +37,24 @@ class Answer:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+
+
+_RECORD_REQUEST = """
+WITH taken AS (SELECT EXISTS (SELECT 1 FROM users WHERE email_normalized = %(norm)s) AS user_exists),
+ins AS (
+    INSERT INTO creation_requests (id, actor, idempotency_key, body_hash, email, email_normalized, full_name,
+                                   phone, product, mode, fallback, fallback_reason)
+    SELECT %(id)s, %(actor)s, %(key)s, %(hash)s, %(email)s, %(norm)s, %(full_name)s, %(phone)s, %(product)s,
+           %(mode)s, %(fallback)s, %(fallback_reason)s
+    FROM taken WHERE NOT taken.user_exists
+    ON CONFLICT (actor, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id),
+ev AS (
+    INSERT INTO system_health_logs (level, event, message, metadata, source)
+    SELECT %(ev_level)s, %(ev_event)s, %(ev_message)s, %(ev_metadata)s, %(ev_source)s FROM ins RETURNING 1)
+SELECT (SELECT user_exists FROM taken) AS user_exists, (SELECT id FROM ins) AS inserted,
+       (SELECT count(*) FROM ev) AS events
+"""
 
 
 def new_request_id() -> str:
@@ -96,30 +114,20 @@ async def _record_request(deps: Deps, principal: Principal, command: CreateUserC
     """Insert the request row (committed before any 202). Returns (id, existing row if a replay)."""
     request_id = new_request_id()
     mode = TrafficMode.ASYNC_QUEUE if queued else TrafficMode.SYNC_DIRECT
+    event = health.prepared(Level.INFO, "creation_requested",
+                            "user creation request recorded" + (" and queued" if queued else ""),
+                            {"request_id": request_id, "mode": mode.value, "fallback_reason": fallback_reason},
+                            source=deps.source)
     async with db.connection(deps.pool) as conn:
         try:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    "INSERT INTO creation_requests (id, actor, idempotency_key, body_hash, email,"
-                    " email_normalized, full_name, phone, product, mode, fallback, fallback_reason)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (actor, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-                    " RETURNING id",
-                    (request_id, principal.subject, idempotency_key, command.body_hash(), command.email,
-                     command.email_normalized, command.full_name, command.phone, command.product,
-                     mode.value, fallback_reason is not None, fallback_reason),
-                )
-                if await cur.fetchone() is None:
-                    return await _existing_for_key(conn, principal, idempotency_key, command)
-                cur = await conn.execute("SELECT 1 FROM users WHERE email_normalized = %s",
-                                         (command.email_normalized,))
-                if await cur.fetchone() is not None:
-                    # Early answer only; the unique constraint on users is what really decides.
-                    raise UserExists("a user with this email address already exists")
-                await record(conn, Level.INFO, "creation_requested",
-                             "user creation request recorded" + (" and queued" if queued else ""),
-                             {"request_id": request_id, "mode": mode.value, "fallback_reason": fallback_reason},
-                             source=deps.source)
+            # One statement, one round trip, atomic: the early user check, the row and its INFO event.
+            cur = await conn.execute(_RECORD_REQUEST, {
+                "id": request_id, "actor": principal.subject, "key": idempotency_key,
+                "hash": command.body_hash(), "email": command.email, "norm": command.email_normalized,
+                "full_name": command.full_name, "phone": command.phone, "product": command.product,
+                "mode": mode.value, "fallback": fallback_reason is not None, "fallback_reason": fallback_reason,
+                **event})
+            row = await cur.fetchone()
         except pg_errors.UniqueViolation as exc:
             if exc.diag.constraint_name != "creation_requests_one_pending_per_email":
                 raise
@@ -129,6 +137,15 @@ async def _record_request(deps: Deps, principal: Principal, command: CreateUserC
                 if replay[1] is not None:
                     return replay
             raise RequestInProgress("a creation request for this address is already in progress") from None
+        if row is None or row["inserted"] is None:
+            if idempotency_key is not None:
+                replay = await _existing_for_key(conn, principal, idempotency_key, command,
+                                                 required=not (row and row["user_exists"]))
+                if replay[1] is not None:
+                    return replay
+            # Early answer only; the unique constraint on users is what really decides.
+            raise UserExists("a user with this email address already exists")
+    health.log_event(Level.INFO, "creation_requested")
     return request_id, None
 
 

@@ -43,15 +43,29 @@ def scrub(value: Any, key: str = "") -> Any:
     return value
 
 
+def prepared(level: Level, event: str, message: str, metadata: dict[str, Any] | None = None, *,
+             source: str = "") -> dict[str, Any]:
+    """The scrubbed column values of an event, as `ev_*` query parameters (for an INSERT inside a larger
+    statement; call `log_event` once it committed)."""
+    return {"ev_level": level.value, "ev_event": event, "ev_message": scrub(message),
+            "ev_metadata": Jsonb(scrub(metadata or {})), "ev_source": source or "unknown"}
+
+
+def log_event(level: Level, event: str) -> None:
+    """The process log line of an event (ids and names only, like the event)."""
+    log.log(logging.WARNING if level in (Level.WARNING, Level.ERROR) else logging.INFO,
+            "health_event level=%s event=%s", level.value, event)
+
+
 async def record(conn: AsyncConnection[Any], level: Level, event: str, message: str,
                  metadata: dict[str, Any] | None = None, *, source: str = "") -> None:
     """Write an event on the caller's connection (so it commits or rolls back with the caller's work)."""
     await conn.execute(
-        "INSERT INTO system_health_logs (level, event, message, metadata, source) VALUES (%s, %s, %s, %s, %s)",
-        (level.value, event, scrub(message), Jsonb(scrub(metadata or {})), source or "unknown"),
+        "INSERT INTO system_health_logs (level, event, message, metadata, source)"
+        " VALUES (%(ev_level)s, %(ev_event)s, %(ev_message)s, %(ev_metadata)s, %(ev_source)s)",
+        prepared(level, event, message, metadata, source=source),
     )
-    log.log(logging.WARNING if level in (Level.WARNING, Level.ERROR) else logging.INFO,
-            "health_event level=%s event=%s", level.value, event)
+    log_event(level, event)
 
 
 async def record_detached(pool: AsyncConnectionPool, level: Level, event: str, message: str,
