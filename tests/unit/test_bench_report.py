@@ -18,6 +18,7 @@ from bench.report import (
     failed_case,
     fmt,
     format_table,
+    hist_percentile,
     max_in_window,
     parse_wrk_output,
     percentile,
@@ -47,7 +48,7 @@ Transfer/sec:    245.00KB
 
 WRK_JSON = ('BENCH_JSON {"requests": 2000, "duration_us": 4000000, "p50_us": 1650, "p99_us": 5384, "max_us": 9000,'
             ' "mean_us": 1800.5, "codes": {"202": 1998, "503": 2}, "errors": {"connect": 0, "read": 0, "write": 0,'
-            ' "status": 2, "timeout": 0}}')
+            ' "status": 2, "timeout": 0}, "hist": [[900, 1], [1650, 1000], [5384, 998], [9000, 1]]}')
 
 
 # --------------------------------------------------------------------------- statistics
@@ -196,6 +197,21 @@ def test_parse_wrk_prefers_the_scripts_json_line():
     assert result["p99_ms"] == pytest.approx(5.384)
     assert result["codes"] == {202: 1998, 503: 2}
     assert result["errors"]["status"] == 2
+    assert result["hist"][0] == (0.9, 1) and sum(c for _, c in result["hist"]) == 2000
+    assert parse_wrk_output(WRK_TEXT)["hist"] == []
+
+
+def test_hist_percentile_pools_runs_by_nearest_rank():
+    run_a = [(10.0, 99), (50.0, 1)]  # p99 10 ms alone
+    run_b = [(11.0, 98), (40.0, 2)]  # p99 40 ms alone
+    assert hist_percentile(run_a, 99) == 10.0
+    assert hist_percentile(run_b, 99) == 40.0
+    pooled = run_a + run_b  # 200 samples: rank 198 is the first of the 40s
+    assert hist_percentile(pooled, 99) == 40.0
+    assert hist_percentile(pooled, 50) == 11.0  # rank 100: one past the 99 tens
+    assert hist_percentile([(5.0, 0), (7.0, 3)], 0) == 7.0
+    with pytest.raises(ValueError):
+        hist_percentile([(1.0, 0)], 50)
 
 
 @pytest.mark.parametrize(("value", "unit", "ms"), [(250, "us", 0.25), (1.5, "ms", 1.5), (2, "s", 2000),

@@ -1,0 +1,1 @@
+"""The benchmark suite: `python -m bench [--quick]` (see bench/README.md). Importing it starts nothing."""

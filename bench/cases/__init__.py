@@ -1,0 +1,36 @@
+"""The cases, in the order they run (later ones reuse figures of earlier ones as their limits)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench.cases.coldstart import cold_start
+from bench.cases.consumer import (
+    consumer_1_process,
+    consumer_2_processes,
+    idle_pickup,
+    rate_limit_10_per_s,
+)
+from bench.cases.http import (
+    async_create_1_client,
+    async_create_50_conns,
+    fallback_redis_hanging,
+    kill_switch_propagation,
+    sync_create_1_client,
+)
+
+Case = Callable[[Any], Awaitable[dict[str, Any]]]
+
+CASES: dict[str, Case] = {
+    "async_create_1_client": async_create_1_client,
+    "async_create_50_conns": async_create_50_conns,
+    "sync_create_1_client": sync_create_1_client,
+    "fallback_redis_hanging": fallback_redis_hanging,
+    "consumer_1_process": consumer_1_process,
+    "consumer_2_processes": consumer_2_processes,
+    "rate_limit_10_per_s": rate_limit_10_per_s,
+    "idle_pickup": idle_pickup,
+    "kill_switch_propagation": kill_switch_propagation,
+    "cold_start": cold_start,
+}
