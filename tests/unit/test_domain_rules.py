@@ -78,3 +78,18 @@ def test_request_ids_are_valid_bullmq_job_ids():
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(":" not in i and not i.isdigit() and re.fullmatch(r"[A-Za-z0-9_]+", i) for i in ids)
+
+
+def test_a_remembered_token_still_expires_and_another_secret_does_not_reuse_it():
+    import time as _time
+
+    settings = Settings(**URLS, APP_ENV="development")
+    token = issue_token(settings, role=Role.ADMIN, subject="short", ttl_s=1)
+    assert authenticate(f"Bearer {token}", settings).subject == "short"
+    assert authenticate(f"Bearer {token}", settings).subject == "short"  # now from the per-instance memory
+    rotated = Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="r" * 40)
+    with pytest.raises(Unauthorized):
+        authenticate(f"Bearer {token}", rotated)
+    _time.sleep(1.1)
+    with pytest.raises(Unauthorized, match="expired"):
+        authenticate(f"Bearer {token}", settings)
