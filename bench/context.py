@@ -94,13 +94,7 @@ class Ctx:
                     time.sleep(0.2)
             conn.execute("UPDATE system_config SET value = 'async_queue', version = version + 1,"
                          " reason = 'bench reset', updated_by = 'bench' WHERE key = 'traffic_mode'")
-        client = redis.Redis.from_url(self.stack.redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{self.stack.queue_prefix}:*", count=1000))
-            for start in range(0, len(keys), 500):
-                client.delete(*keys[start:start + 500])
-        finally:
-            client.close()
+        forget_keys(self.stack.redis_url, self.stack.queue_prefix)
         self.pretend_consumer(True)
 
     def pretend_consumer(self, alive: bool) -> None:
@@ -194,3 +188,14 @@ def auth(token: str) -> dict[str, str]:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def forget_keys(redis_url: str, prefix: str) -> None:
+    """Delete the keys under this run's queue prefix (and nothing else)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    finally:
+        client.close()

@@ -30,7 +30,7 @@ import psycopg
 import redis
 
 from bench.cases import CASES
-from bench.context import Ctx
+from bench.context import Ctx, forget_keys
 from bench.loadgen import wrk_available
 from bench.report import failed_case, fmt, format_table, met_mark, validate
 from tests.support.stack import Stack, running_stack
@@ -71,13 +71,7 @@ def machine_info(stack: Stack, load_start: tuple[float, float, float]) -> dict[s
 
 def _forget_keys(stack: Stack) -> None:
     """On a Redis we did not start, delete the keys of this run's prefix (and nothing else)."""
-    client = redis.Redis.from_url(stack.redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{stack.queue_prefix}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
-    finally:
-        client.close()
+    forget_keys(stack.redis_url, stack.queue_prefix)
 
 
 async def run_cases(args: argparse.Namespace, stack: Stack, log_dir: Path) -> dict[str, dict[str, Any]]:
