@@ -49,11 +49,10 @@ ins AS (
     FROM taken WHERE NOT taken.user_exists
     ON CONFLICT (actor, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id),
-ev AS (
+ev AS (  -- a data-modifying CTE runs whether or not it is read
     INSERT INTO system_health_logs (level, event, message, metadata, source)
     SELECT %(ev_level)s, %(ev_event)s, %(ev_message)s, %(ev_metadata)s, %(ev_source)s FROM ins RETURNING 1)
-SELECT (SELECT user_exists FROM taken) AS user_exists, (SELECT id FROM ins) AS inserted,
-       (SELECT count(*) FROM ev) AS events
+SELECT (SELECT user_exists FROM taken) AS user_exists, (SELECT id FROM ins) AS inserted
 """
 
 

@@ -62,10 +62,6 @@ class PayloadTooLarge(DomainError):
     status, code = 413, "payload_too_large"
 
 
-class UnsupportedMediaType(DomainError):
-    status, code = 415, "unsupported_media_type"
-
-
 class DatabaseUnavailable(DomainError):
     status, code = 503, "database_unavailable"
 
