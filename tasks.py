@@ -74,12 +74,12 @@ def _token(role: str, subject: str, ttl: int) -> str:
         settings = Settings(**env)
     except ValueError as exc:
         raise Exit(f"cannot sign a token: {exc}", code=2) from None
-    if role not in ("admin", "sales_manager"):
-        raise Exit(f"unknown role {role!r}: use admin or sales_manager", code=2)
+    if role not in ("admin", "sales_manager", "viewer"):
+        raise Exit(f"unknown role {role!r}: use admin, sales_manager or viewer", code=2)
     return issue_token(settings, role=Role(role), subject=subject, ttl_s=ttl)
 
 
-@task(help={"role": "admin or sales_manager", "subject": "the token's sub (default dev-<role>)",
+@task(help={"role": "admin, sales_manager or viewer", "subject": "the token's sub (default dev-<role>)",
             "ttl": "lifetime in seconds"})
 def token(c: Context, role: str = "admin", subject: str = "", ttl: int = 3600) -> None:
     """Print a bearer token signed with AUTH_JWT_SECRET (the dev default only when APP_ENV is development)."""

@@ -17,15 +17,17 @@ ALGORITHM = "HS256"
 
 
 class Role(StrEnum):
-    """Who may do what: sales managers create users; admins also run the system; the scheduler (a Google
-    service account, never a role a user token can claim) may only fire scheduled functions."""
+    """Who may do what: sales managers create users; admins also run the system; viewers read everything an
+    admin reads and change nothing; the scheduler (a Google service account, never a role a user token can
+    claim) may only fire scheduled functions."""
 
     ADMIN = "admin"
     SALES_MANAGER = "sales_manager"
+    VIEWER = "viewer"
     SCHEDULER = "scheduler"
 
 
-USER_ROLES = (Role.ADMIN, Role.SALES_MANAGER)
+USER_ROLES = (Role.ADMIN, Role.SALES_MANAGER, Role.VIEWER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,9 +69,14 @@ def test_issued_tokens_round_trip_and_roles_are_checked():
     expired = issue_token(settings, role=Role.ADMIN, subject="a", ttl_s=-5)
     with pytest.raises(Unauthorized, match="expired"):
         authenticate(f"Bearer {expired}", settings)
-    stranger = issue_token(settings, role=Role.ADMIN, subject="a", extra={"app_metadata": {"role": "viewer"}})
+    viewer = authenticate("Bearer " + issue_token(settings, role=Role.VIEWER, subject="v"), settings)
+    assert viewer.role is Role.VIEWER
+    stranger = issue_token(settings, role=Role.ADMIN, subject="a", extra={"app_metadata": {"role": "owner"}})
     with pytest.raises(Forbidden):
         authenticate(f"Bearer {stranger}", settings)
+    scheduler = issue_token(settings, role=Role.ADMIN, subject="a", extra={"app_metadata": {"role": "scheduler"}})
+    with pytest.raises(Forbidden):
+        authenticate(f"Bearer {scheduler}", settings)
 
 
 def test_request_ids_are_valid_bullmq_job_ids():
