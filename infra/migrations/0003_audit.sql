@@ -20,3 +20,7 @@ RETURNS bigint LANGUAGE sql AS $$
     )
     SELECT count(*) FROM gone;
 $$;
+
+-- W3C trace context of the request that created a creation request (not PII): its timeline shows the trace id,
+-- the consumer continues the trace from it.
+ALTER TABLE creation_requests ADD COLUMN trace_id text, ADD COLUMN traceparent text;
