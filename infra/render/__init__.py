@@ -16,9 +16,9 @@ One module per part: `config` (DeployConfig), `facts` (names, budgets, validatio
 
 from infra.render.cli import main
 from infra.render.config import DeployConfig
-from infra.render.facts import connection_budget, function_name, module_of, validate
+from infra.render.facts import account_of, connection_budget, function_name, module_of, validate
 from infra.render.gcloud import gcloud_commands, gcloud_files
 from infra.render.terraform import render_terraform
 
-__all__ = ["DeployConfig", "connection_budget", "function_name", "gcloud_commands", "gcloud_files", "main",
-           "module_of", "render_terraform", "validate"]
+__all__ = ["DeployConfig", "account_of", "connection_budget", "function_name", "gcloud_commands", "gcloud_files",
+           "main", "module_of", "render_terraform", "validate"]

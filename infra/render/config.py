@@ -10,7 +10,17 @@ Json = dict[str, Any]
 KINDS = ("http", "scheduled", "worker")
 PYTHON_RUNTIME = "python311"
 REDIS_CA_DIR = "/secrets/redis-ca"  # the Memorystore server CA, mounted from Secret Manager
-REDIS_CA_FILE = "ca.pem"
+SQL_CA_DIR = "/secrets/sql-ca"  # the Cloud SQL instance's server CA: the runtime verifies the server with it
+CA_FILE = "ca.pem"
+REDIS_CA_FILE = CA_FILE
+# The secret holding the owner's connection string: only the migrate job reads it (as its DATABASE_URL).
+MIGRATE_SECRET = "MIGRATE_DATABASE_URL"  # noqa: S105 - the name of a secret, not its value
+# Public CA certificates, kept in Secret Manager to be mounted as files next to the secret that needs them.
+CA_SECRETS = {"REDIS_URL": ("REDIS_CA", REDIS_CA_DIR), "DATABASE_URL": ("SQL_CA", SQL_CA_DIR)}
+# Set by the load balancer on every answer: HTTPS only from now on (a year), and nothing of this API is cached.
+EDGE_RESPONSE_HEADERS = ("Strict-Transport-Security: max-age=31536000; includeSubDomains", "Cache-Control: no-store")
+TLS_MIN_VERSION = "TLS_1_2"
+TLS_PROFILE = "MODERN"
 SHUTDOWN_GRACE_S = 8  # Cloud Run sends SIGKILL 10 s after SIGTERM: finish running jobs before that
 MIGRATE_TIMEOUT_S = 600
 SOURCE_EXCLUDES = (".git", ".local", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".build", "tests")
@@ -59,7 +69,8 @@ class DeployConfig:
     run_subnet_range: str = "10.10.0.0/24"  # Direct VPC egress of the worker pool and the migrate job
     db_tier: str = "db-custom-2-7680"
     db_name: str = "provisioner"
-    db_user: str = "provisioner"
+    db_user: str = "provisioner"  # owns the schema: the migrate job connects as it
+    db_runtime_user: str = "provisioner_runtime"  # DML only; created by infra/migrations/0006_runtime_role.sql
     db_pool_max: int = 10  # DB_POOL_MAX of every instance
     db_reserved_connections: int = 20  # migrations, operators, Cloud SQL's own
     db_max_connections: int = 0  # 0: exactly what the manifest needs (see connection_budget)
@@ -74,7 +85,7 @@ class DeployConfig:
     queue_prefix: str = "bull"  # on Redis Cluster: "{bull}" (hash tag), see infra/README.md
     artifact_repository: str = "provisioner"
     source_excludes: tuple[str, ...] = SOURCE_EXCLUDES  # paths under image_source left out of the functions' zip
-    secret_env: tuple[str, ...] = (
+    secret_env: tuple[str, ...] = (  # the secrets a manifest entry may name in `secrets`
         "DATABASE_URL", "REDIS_URL", "AUTH_JWT_SECRET",
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # SES is an AWS service: its credentials are secrets too
     )
@@ -96,11 +107,11 @@ class DeployConfig:
         return f"{account_id}@{self.project}.iam.gserviceaccount.com"
 
     def secret_id(self, env_var: str) -> str:
-        """The Secret Manager id holding one secret setting."""
+        """The Secret Manager id holding one secret setting (or CA certificate: REDIS_CA, SQL_CA)."""
         return f"{self.prefix}-{env_var.lower().replace('_', '-')}"
 
     @property
     def redis_ca_secret_id(self) -> str:
         """The Secret Manager id holding the Redis server CA (not a secret, but mounted like one)."""
-        return f"{self.prefix}-redis-ca"
+        return self.secret_id("REDIS_CA")
 

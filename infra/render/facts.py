@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 
 from infra.manifest import FunctionSpec
-from infra.render.config import KINDS, SHUTDOWN_GRACE_S, DeployConfig
+from infra.render.config import (
+    CA_FILE,
+    CA_SECRETS,
+    KINDS,
+    MIGRATE_SECRET,
+    SHUTDOWN_GRACE_S,
+    SQL_CA_DIR,
+    DeployConfig,
+)
 
 
 def function_name(spec: FunctionSpec, config: DeployConfig) -> str:
@@ -57,6 +65,39 @@ def max_connections(specs: dict[str, FunctionSpec], config: DeployConfig) -> int
     return config.db_max_connections or need
 
 
+def account_of(spec: FunctionSpec) -> str:
+    """Which service account runs a function: `consumer` for workers, `functions` for the rest."""
+    return "consumer" if spec.kind == "worker" else "functions"
+
+
+def secrets_of(spec: FunctionSpec) -> tuple[str, ...]:
+    """The secret settings one function gets (its manifest entry's `secrets`), in a stable order."""
+    return tuple(sorted(spec.secrets or ()))
+
+
+def ca_mounts(secrets: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """(CA secret, mount directory) that go with these secrets: the Redis CA with REDIS_URL, the Cloud SQL
+    CA with DATABASE_URL."""
+    return [CA_SECRETS[env] for env in sorted(CA_SECRETS) if env in secrets]
+
+
+def readable_secrets(specs: dict[str, FunctionSpec]) -> dict[str, list[str]]:
+    """Service account -> the secrets (and CA certificates) it may read: the union over the functions it runs.
+
+    The migrate job reads only the owner's connection string; the scheduler reads nothing.
+    """
+    readable: dict[str, set[str]] = {"functions": set(), "consumer": set(),
+                                     "migrate": {MIGRATE_SECRET, CA_SECRETS["DATABASE_URL"][0]}, "scheduler": set()}
+    for spec in specs.values():
+        readable[account_of(spec)] |= {*secrets_of(spec), *(ca for ca, _ in ca_mounts(secrets_of(spec)))}
+    return {account: sorted(names) for account, names in readable.items()}
+
+
+def all_secrets(specs: dict[str, FunctionSpec]) -> list[str]:
+    """Every secret the deployment creates: those some account reads."""
+    return sorted({name for names in readable_secrets(specs).values() for name in names})
+
+
 def validate(specs: dict[str, FunctionSpec], config: DeployConfig) -> None:
     """Refuse a manifest or config the rendering cannot express faithfully."""
     if not specs:
@@ -66,7 +107,15 @@ def validate(specs: dict[str, FunctionSpec], config: DeployConfig) -> None:
     leaked = sorted(set(config.extra_env) & set(config.secret_env))
     if leaked:
         raise ValueError(f"secret settings cannot be plain environment values: {', '.join(leaked)}")
+    if config.set_password_url and not re.fullmatch(r"https://[^/\s]+(/\S*)?", config.set_password_url):
+        raise ValueError(f"set_password_url {config.set_password_url!r}: the welcome email's link must be https://")
     for name, spec in specs.items():
+        if spec.secrets is None:
+            raise ValueError(f"{name}: the manifest must say which secrets it needs (secrets = [...], "
+                             f"one of {', '.join(config.secret_env)}; [] for none)")
+        unknown = sorted(set(spec.secrets) - set(config.secret_env))
+        if unknown:
+            raise ValueError(f"{name}: unknown secret {', '.join(unknown)} (one of {', '.join(config.secret_env)})")
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", name):
             raise ValueError(f"function name {name!r}: lowercase letters, digits and '_'")
         if spec.kind not in KINDS:
@@ -88,6 +137,16 @@ def validate(specs: dict[str, FunctionSpec], config: DeployConfig) -> None:
             if other != name:
                 raise ValueError(f"{route.method} {route.path} is routed to both {other} and {name}")
     max_connections(specs, config)
+
+
+def database_url_shape(config: DeployConfig, user: str, host: str) -> str:
+    """A DATABASE_URL secret's value: TCP to the private IP, the server checked against the instance's CA.
+
+    verify-ca, not verify-full: Cloud SQL's per-instance server certificate names the instance, not its IP,
+    and the CA is the instance's own, so a valid chain already proves it is our instance.
+    """
+    return (f"postgresql://{user}:<password>@{host}:5432/{config.db_name}"
+            f"?sslmode=verify-ca&sslrootcert={SQL_CA_DIR}/{CA_FILE}")
 
 
 def plain_env(config: DeployConfig, values: dict[str, str]) -> dict[str, str]:

@@ -8,14 +8,28 @@ import shlex
 from typing import Any
 
 from infra.manifest import FunctionSpec
-from infra.render.config import APIS, MIGRATE_TIMEOUT_S, PYTHON_RUNTIME, REDIS_CA_DIR, REDIS_CA_FILE, DeployConfig
+from infra.render.config import (
+    APIS,
+    CA_FILE,
+    EDGE_RESPONSE_HEADERS,
+    MIGRATE_SECRET,
+    MIGRATE_TIMEOUT_S,
+    PYTHON_RUNTIME,
+    TLS_MIN_VERSION,
+    TLS_PROFILE,
+    DeployConfig,
+)
 from infra.render.facts import (
+    account_of,
+    ca_mounts,
     function_env,
     function_name,
     max_connections,
     module_of,
+    readable_secrets,
     routed,
     scheduled,
+    secrets_of,
     served,
     validate,
     workers,
@@ -30,7 +44,7 @@ def _gcloud_values(config: DeployConfig) -> dict[str, str]:
     if missing:
         raise ValueError(f"the gcloud rendering needs {', '.join(missing)} (--domain, --email-sender, "
                          f"--set-password-url)")
-    return values
+    return values  # set_password_url is checked to be https:// by validate()
 
 
 def _kv(pairs: dict[str, str]) -> str:
@@ -45,11 +59,13 @@ def _cmd(*args: str) -> str:
     return shlex.join(args)
 
 
-def _secret_flags(config: DeployConfig, secrets: list[str], *, with_ca: bool) -> str:
-    refs = {env: f"{config.secret_id(env)}:latest" for env in secrets}
-    if with_ca:
-        refs[f"{REDIS_CA_DIR}/{REDIS_CA_FILE}"] = f"{config.redis_ca_secret_id}:latest"
-    return "--set-secrets=" + _kv(refs)
+def _secret_flags(config: DeployConfig, secrets: dict[str, str]) -> str:
+    """--set-secrets for these env vars (env var -> secret) and their CA files; --clear-secrets for none, so
+    that a redeploy also drops what an earlier release mounted."""
+    refs = {env: f"{config.secret_id(secret)}:latest" for env, secret in secrets.items()}
+    for ca, directory in ca_mounts(list(secrets)):
+        refs[f"{directory}/{CA_FILE}"] = f"{config.secret_id(ca)}:latest"
+    return "--set-secrets=" + _kv(refs) if refs else "--clear-secrets"
 
 
 def _backend_url(config: DeployConfig, spec: FunctionSpec) -> str:
@@ -122,18 +138,29 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
              "--prompt-for-password", p),
     ]
 
-    readers = {env: [config.functions_service_account, config.consumer_service_account]
-               for env in config.secret_env}
-    if "DATABASE_URL" in readers:
-        readers["DATABASE_URL"].append(config.migrate_service_account)
-    secret_ids = {config.secret_id(env): accounts for env, accounts in readers.items()}
-    secret_ids[config.redis_ca_secret_id] = [config.functions_service_account, config.consumer_service_account]
-    for secret_id, accounts in sorted(secret_ids.items()):
-        cmds.append(_cmd("gcloud", "secrets", "create", secret_id, "--replication-policy=automatic", p))
-        for account in accounts:
-            cmds.append(_cmd("gcloud", "secrets", "add-iam-policy-binding", secret_id,
+    accounts = {"functions": config.functions_service_account, "consumer": config.consumer_service_account,
+                "migrate": config.migrate_service_account, "scheduler": config.scheduler_service_account}
+    readers: dict[str, list[str]] = {}
+    for account, names in readable_secrets(specs).items():
+        for secret in names:
+            readers.setdefault(secret, []).append(accounts[account])
+    for secret, members in sorted(readers.items()):
+        cmds.append(_cmd("gcloud", "secrets", "create", config.secret_id(secret), "--replication-policy=automatic", p))
+        for account in sorted(members):
+            cmds.append(_cmd("gcloud", "secrets", "add-iam-policy-binding", config.secret_id(secret),
                              f"--member=serviceAccount:{email(account)}", "--role=roles/secretmanager.secretAccessor",
                              p))
+    # The CA certificates are public and known to gcloud: store them (the real secrets are the operator's).
+    ca_sources = {
+        "REDIS_CA": ("gcloud", "redis", "instances", "describe", f"{config.prefix}-redis", r,
+                     "--format=value(serverCaCerts[0].cert)", p),
+        "SQL_CA": ("gcloud", "sql", "instances", "describe", f"{config.prefix}-pg",
+                   "--format=value(serverCaCert.cert)", p),
+    }
+    for ca, describe in ca_sources.items():
+        if ca in readers:
+            cmds.append(_cmd(*describe) + " | " + _cmd("gcloud", "secrets", "versions", "add", config.secret_id(ca),
+                                                         "--data-file=-", p))
 
     entry = f"python -m {module_of(workers(specs)[0])}" if workers(specs) else "invoke --list"
     cmds += [
@@ -142,21 +169,24 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
         _cmd("gcloud", "builds", "submit", config.image_source,
              f"--pack=image={config.image_ref},env=GOOGLE_ENTRYPOINT={entry}", p),
         _cmd("gcloud", "run", "jobs", "deploy", f"{config.prefix}-migrate", f"--image={config.image_ref}", r,
-             "--command=invoke", "--args=migrate",
-             _secret_flags(config, [e for e in config.secret_env if e == "DATABASE_URL"], with_ca=False),
+             "--command=invoke", "--args=migrate", _secret_flags(config, {"DATABASE_URL": MIGRATE_SECRET}),
              f"--service-account={email(config.migrate_service_account)}", *run_net, "--tasks=1",
              "--max-retries=0", f"--task-timeout={MIGRATE_TIMEOUT_S}s", p),
         _cmd("gcloud", "run", "jobs", "execute", f"{config.prefix}-migrate", r, "--wait", p),
+        # The first migration created the runtime role (DML only) without a password: give it one, the same
+        # as in the DATABASE_URL secret.
+        _cmd("gcloud", "sql", "users", "set-password", config.db_runtime_user, f"--instance={config.prefix}-pg",
+             "--prompt-for-password", p),
     ]
 
     for spec in workers(specs):
         cmds.append(_cmd(
             "gcloud", "beta", "run", "worker-pools", "deploy", function_name(spec, config),
             f"--image={config.image_ref}", r, "--command=python", f"--args=-m,{module_of(spec)}",
-            f"--scaling={spec.min_instances}", f"--service-account={email(config.consumer_service_account)}",
+            f"--scaling={spec.min_instances}", f"--service-account={email(accounts[account_of(spec)])}",
             *run_net, f"--cpu={config.worker_cpu}", f"--memory={config.worker_memory}",
             "--set-env-vars=" + _kv(dict(sorted(function_env(spec, config, values).items()))),
-            _secret_flags(config, list(config.secret_env), with_ca=True),
+            _secret_flags(config, {env: env for env in secrets_of(spec)}),
             f"--labels=app=provisioner,env={config.env_name},kind={spec.kind},max-instances={spec.max_instances}",
             p))
 
@@ -169,12 +199,12 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
             f"--timeout={spec.timeout_s}s", f"--memory={config.function_memory}", f"--cpu={config.function_cpu}",
             f"--concurrency={spec.concurrency}", f"--min-instances={spec.min_instances}",
             f"--max-instances={spec.max_instances}",
-            f"--run-service-account={email(config.functions_service_account)}",
+            f"--run-service-account={email(accounts[account_of(spec)])}",
             "--ingress-settings=" + ("internal-and-gclb" if spec.routes else "internal-only"),
             "--allow-unauthenticated" if spec.routes else "--no-allow-unauthenticated",
             f"--vpc-connector={connector}", "--egress-settings=private-ranges-only",
             "--set-env-vars=" + _kv(dict(sorted(function_env(spec, config, values).items()))),
-            _secret_flags(config, list(config.secret_env), with_ca=True),
+            _secret_flags(config, {env: env for env in secrets_of(spec)}),
             f"--update-labels=app=provisioner,env={config.env_name},kind={spec.kind}", p))
         if spec.kind == "scheduled":
             cmds.append(_cmd("gcloud", "functions", "add-invoker-policy-binding", name, r,
@@ -201,7 +231,8 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
                 _cmd("gcloud", "compute", "network-endpoint-groups", "create", f"{name}-neg", r,
                      "--network-endpoint-type=serverless", f"--cloud-function-name={name}", p),
                 _cmd("gcloud", "compute", "backend-services", "create", f"{name}-backend", "--global",
-                     "--load-balancing-scheme=EXTERNAL_MANAGED", "--protocol=HTTPS", p),
+                     "--load-balancing-scheme=EXTERNAL_MANAGED", "--protocol=HTTPS",
+                     *(f"--custom-response-header={header}" for header in EDGE_RESPONSE_HEADERS), p),
                 _cmd("gcloud", "compute", "backend-services", "add-backend", f"{name}-backend", "--global",
                      f"--network-endpoint-group={name}-neg", f"--network-endpoint-group-region={config.region}", p),
             ]
@@ -209,8 +240,10 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
             _cmd("gcloud", "compute", "url-maps", "import", api, "--global", "--source=url-map.json", "--quiet", p),
             _cmd("gcloud", "compute", "addresses", "create", api, "--global", p),
             _cmd("gcloud", "compute", "ssl-certificates", "create", api, f"--domains={config.domain}", "--global", p),
+            _cmd("gcloud", "compute", "ssl-policies", "create", api, f"--profile={TLS_PROFILE}",
+                 f"--min-tls-version={TLS_MIN_VERSION.removeprefix('TLS_').replace('_', '.')}", "--global", p),
             _cmd("gcloud", "compute", "target-https-proxies", "create", api, f"--url-map={api}",
-                 f"--ssl-certificates={api}", "--global", p),
+                 f"--ssl-certificates={api}", f"--ssl-policy={api}", "--global", p),
             _cmd("gcloud", "compute", "forwarding-rules", "create", api, "--global",
                  "--load-balancing-scheme=EXTERNAL_MANAGED", f"--address={api}", f"--target-https-proxy={api}",
                  "--ports=443", p),

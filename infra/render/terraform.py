@@ -8,20 +8,30 @@ from typing import Any
 from infra.manifest import FunctionSpec
 from infra.render.config import (
     APIS,
+    CA_FILE,
+    EDGE_RESPONSE_HEADERS,
+    MIGRATE_SECRET,
     MIGRATE_TIMEOUT_S,
     PYTHON_RUNTIME,
     REDIS_CA_DIR,
-    REDIS_CA_FILE,
+    TLS_MIN_VERSION,
+    TLS_PROFILE,
     DeployConfig,
     Json,
 )
 from infra.render.facts import (
+    account_of,
+    all_secrets,
+    ca_mounts,
+    database_url_shape,
     function_env,
     function_name,
     max_connections,
     module_of,
+    readable_secrets,
     routed,
     scheduled,
+    secrets_of,
     served,
     validate,
     workers,
@@ -59,10 +69,13 @@ def _var(name: str) -> str:
     return "${var." + name + "}"
 
 
-def _operator_variable(tf: _Terraform, name: str, default: str, description: str) -> None:
+def _operator_variable(tf: _Terraform, name: str, default: str, description: str,
+                       validation: Json | None = None) -> None:
     body: Json = {"type": "string", "description": description}
     if default:
         body["default"] = default
+    if validation:
+        body["validation"] = [validation]
     tf.block("main.tf.json", "variable", name, body)
 
 
@@ -133,37 +146,41 @@ def _tf_state(tf: _Terraform, specs: dict[str, FunctionSpec], config: DeployConf
     tf.resource(f, "google_sql_user", "main", {"name": config.db_user, "instance": instance,
                                                "password": _var("db_password")})
 
-    readers = {env: ["functions", "consumer"] for env in config.secret_env}
-    if "DATABASE_URL" in readers:
-        readers["DATABASE_URL"].append("migrate")
-    readers["REDIS_CA"] = ["functions", "consumer"]
-    for env, accounts in sorted(readers.items()):
-        key = env.lower()
-        secret_id = config.redis_ca_secret_id if env == "REDIS_CA" else config.secret_id(env)
+    readers: dict[str, list[str]] = {}
+    for account, names in readable_secrets(specs).items():
+        for secret in names:
+            readers.setdefault(secret, []).append(account)
+    for secret in all_secrets(specs):
+        key = secret.lower()
         tf.resource(f, "google_secret_manager_secret", key, {
-            "secret_id": secret_id, "replication": {"auto": {}}, "labels": {"app": "provisioner"},
+            "secret_id": config.secret_id(secret), "replication": {"auto": {}}, "labels": {"app": "provisioner"},
         })
-        for account in accounts:
+        for account in sorted(readers[secret]):
             tf.resource(f, "google_secret_manager_secret_iam_member", f"{key}_{account}", {
                 "secret_id": _ref("google_secret_manager_secret", key),
                 "role": "roles/secretmanager.secretAccessor", "member": f"serviceAccount:{emails[account]}",
             })
-    # The CA is public information Terraform knows: its version is managed here, unlike the real secrets.
-    tf.resource(f, "google_secret_manager_secret_version", "redis_ca", {
-        "secret": _ref("google_secret_manager_secret", "redis_ca"),
-        "secret_data": '${join("\\n", google_redis_instance.main.server_ca_certs[*].cert)}',
-    })
+    # The CAs are public information Terraform knows: their versions are managed here, unlike the real secrets.
+    ca_data = {"redis_ca": '${join("\\n", google_redis_instance.main.server_ca_certs[*].cert)}',
+               "sql_ca": "${google_sql_database_instance.main.server_ca_cert[0].cert}"}
+    for key, data in ca_data.items():
+        if key.upper() in readers:
+            tf.resource(f, "google_secret_manager_secret_version", key, {
+                "secret": _ref("google_secret_manager_secret", key), "secret_data": data})
 
 
-def _secret_readers(config: DeployConfig, account: str) -> list[str]:
-    keys = [*(env.lower() for env in config.secret_env), "redis_ca"]
-    return sorted(f"google_secret_manager_secret_iam_member.{key}_{account}" for key in keys)
+def _secret_dependencies(account: str, secrets: tuple[str, ...]) -> list[str]:
+    """What a runtime waits for: its account's read grant on each secret it mounts, and the CA versions."""
+    cas = [ca for ca, _ in ca_mounts(secrets)]
+    return sorted([*(f"google_secret_manager_secret_iam_member.{name.lower()}_{account}" for name in (*secrets, *cas)),
+                   *(f"google_secret_manager_secret_version.{ca.lower()}" for ca in cas)])
 
 
 def _tf_function(tf: _Terraform, spec: FunctionSpec, config: DeployConfig, values: dict[str, str],
                  emails: dict[str, str]) -> None:
     f = "functions.tf.json"
     name = function_name(spec, config)
+    secrets = secrets_of(spec)
     tf.resource(f, "google_cloudfunctions2_function", spec.name, {
         "name": name, "location": config.region,
         "description": f"{spec.name} ({spec.kind}) from {spec.source}",
@@ -190,15 +207,15 @@ def _tf_function(tf: _Terraform, spec: FunctionSpec, config: DeployConfig, value
             "secret_environment_variables": [
                 {"key": env, "project_id": config.project, "version": "latest",
                  "secret": _ref("google_secret_manager_secret", env.lower(), "secret_id")}
-                for env in config.secret_env
+                for env in secrets
             ],
             "secret_volumes": [{
-                "mount_path": REDIS_CA_DIR, "project_id": config.project,
-                "secret": _ref("google_secret_manager_secret", "redis_ca", "secret_id"),
-                "versions": [{"path": REDIS_CA_FILE, "version": "latest"}],
-            }],
+                "mount_path": directory, "project_id": config.project,
+                "secret": _ref("google_secret_manager_secret", ca.lower(), "secret_id"),
+                "versions": [{"path": CA_FILE, "version": "latest"}],
+            } for ca, directory in ca_mounts(secrets)],
         },
-        "depends_on": [*_secret_readers(config, "functions"), "google_secret_manager_secret_version.redis_ca"],
+        "depends_on": _secret_dependencies(account_of(spec), secrets),
     })
     function = "google_cloudfunctions2_function"
     invoker = {"name": _ref(function, spec.name, "name"), "location": _ref(function, spec.name, "location"),
@@ -211,11 +228,21 @@ def _tf_function(tf: _Terraform, spec: FunctionSpec, config: DeployConfig, value
             **invoker, "member": f"serviceAccount:{emails['scheduler']}"})
 
 
-def _container_env(env: dict[str, str], secrets: list[str]) -> list[Json]:
+def _container_env(env: dict[str, str], secrets: dict[str, str]) -> list[Json]:
+    """Plain values, then each environment variable read from its secret (env var -> secret name)."""
     plain: list[Json] = [{"name": key, "value": value} for key, value in sorted(env.items())]
     return plain + [{"name": key, "value_source": {"secret_key_ref": {
-        "secret": _ref("google_secret_manager_secret", key.lower(), "secret_id"), "version": "latest"}}}
-        for key in secrets]
+        "secret": _ref("google_secret_manager_secret", secret.lower(), "secret_id"), "version": "latest"}}}
+        for key, secret in secrets.items()]
+
+
+def _ca_volumes(secrets: tuple[str, ...]) -> tuple[list[Json], list[Json]]:
+    """(volume mounts, volumes) of the CA files that go with these secrets, for a Cloud Run container."""
+    mounts = ca_mounts(secrets)
+    return ([{"name": ca.lower().replace("_", "-"), "mount_path": directory} for ca, directory in mounts],
+            [{"name": ca.lower().replace("_", "-"), "secret": {
+                "secret": _ref("google_secret_manager_secret", ca.lower(), "secret_id"),
+                "items": [{"path": CA_FILE, "version": "latest"}]}} for ca, _ in mounts])
 
 
 def _direct_vpc() -> Json:
@@ -227,6 +254,8 @@ def _direct_vpc() -> Json:
 def _tf_worker(tf: _Terraform, spec: FunctionSpec, config: DeployConfig, values: dict[str, str],
                emails: dict[str, str]) -> None:
     count = f"{spec.name}_instances"
+    secrets = secrets_of(spec)
+    mounts, volumes = _ca_volumes(secrets)
     tf.block("main.tf.json", "variable", count, {
         "type": "number", "default": spec.min_instances,
         "description": f"instances of the worker pool {spec.name} (manifest: {spec.min_instances}.."
@@ -249,19 +278,19 @@ def _tf_worker(tf: _Terraform, spec: FunctionSpec, config: DeployConfig, values:
             "containers": [{
                 "image": _var("image"),
                 "command": ["python", "-m", module_of(spec)],
-                "env": _container_env(function_env(spec, config, values), list(config.secret_env)),
+                "env": _container_env(function_env(spec, config, values), {env: env for env in secrets}),
                 "resources": {"limits": {"cpu": config.worker_cpu, "memory": config.worker_memory}},
-                "volume_mounts": [{"name": "redis-ca", "mount_path": REDIS_CA_DIR}],
+                "volume_mounts": mounts,
             }],
-            "volumes": [{"name": "redis-ca", "secret": {
-                "secret": _ref("google_secret_manager_secret", "redis_ca", "secret_id"),
-                "items": [{"path": REDIS_CA_FILE, "version": "latest"}]}}],
+            "volumes": volumes,
         },
-        "depends_on": [*_secret_readers(config, "consumer"), "google_secret_manager_secret_version.redis_ca"],
+        "depends_on": _secret_dependencies(account_of(spec), secrets),
     })
 
 
 def _tf_migrate(tf: _Terraform, config: DeployConfig, emails: dict[str, str]) -> None:
+    """The schema owner's job: its DATABASE_URL is the owner's connection string (a secret no runtime reads)."""
+    mounts, volumes = _ca_volumes(("DATABASE_URL",))
     tf.resource("workers.tf.json", "google_cloud_run_v2_job", "migrate", {
         "name": f"{config.prefix}-migrate", "location": config.region, "deletion_protection": False,
         "labels": {"app": "provisioner", "env": config.env_name, "kind": "migrate"},
@@ -270,11 +299,15 @@ def _tf_migrate(tf: _Terraform, config: DeployConfig, emails: dict[str, str]) ->
             "vpc_access": _direct_vpc(),
             "containers": [{
                 "image": _var("image"), "command": ["invoke"], "args": ["migrate"],
-                "env": _container_env({}, ["DATABASE_URL"] if "DATABASE_URL" in config.secret_env else []),
+                "env": _container_env({}, {"DATABASE_URL": MIGRATE_SECRET}),
                 "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
+                "volume_mounts": mounts,
             }],
+            "volumes": volumes,
         }},
-        "depends_on": ["google_secret_manager_secret_iam_member.database_url_migrate"],
+        "depends_on": sorted([f"google_secret_manager_secret_iam_member.{MIGRATE_SECRET.lower()}_migrate",
+                              "google_secret_manager_secret_iam_member.sql_ca_migrate",
+                              "google_secret_manager_secret_version.sql_ca"]),
     })
 
 
@@ -308,14 +341,18 @@ def _tf_load_balancer(tf: _Terraform, specs: dict[str, FunctionSpec], config: De
             "name": f"{name}-backend", "load_balancing_scheme": "EXTERNAL_MANAGED", "protocol": "HTTPS",
             "backend": [{"group": _ref("google_compute_region_network_endpoint_group", spec.name)}],
             "log_config": {"enable": True, "sample_rate": 1},
+            "custom_response_headers": list(EDGE_RESPONSE_HEADERS),
         })
     tf.resource(f, "google_compute_url_map", "api", url_map(
         specs, lambda spec: _ref("google_compute_backend_service", spec.name), f"{config.prefix}-api"))
     tf.resource(f, "google_compute_global_address", "api", {"name": f"{config.prefix}-api"})
     tf.resource(f, "google_compute_managed_ssl_certificate", "api", {
         "name": f"{config.prefix}-api", "managed": {"domains": [_var("api_domain")]}})
+    tf.resource(f, "google_compute_ssl_policy", "api", {
+        "name": f"{config.prefix}-api", "profile": TLS_PROFILE, "min_tls_version": TLS_MIN_VERSION})
     tf.resource(f, "google_compute_target_https_proxy", "api", {
         "name": f"{config.prefix}-api", "url_map": _ref("google_compute_url_map", "api"),
+        "ssl_policy": _ref("google_compute_ssl_policy", "api"),
         "ssl_certificates": [_ref("google_compute_managed_ssl_certificate", "api")]})
     tf.resource(f, "google_compute_global_forwarding_rule", "api", {
         "name": f"{config.prefix}-api", "target": _ref("google_compute_target_https_proxy", "api"),
@@ -344,10 +381,13 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
     _operator_variable(tf, "api_domain", config.domain, "host name of the public API (managed certificate)")
     _operator_variable(tf, "email_sender", config.email_sender, "EMAIL_SENDER: SES-verified sender address")
     _operator_variable(tf, "set_password_url", config.set_password_url,
-                       "SET_PASSWORD_URL: the page the welcome email links to")
+                       "SET_PASSWORD_URL: the page the welcome email links to (https://)", {
+                           "condition": '${can(regex("^https://[^/\\s]+(/\\S*)?$", var.set_password_url))}',
+                           "error_message": "set_password_url must be an https:// address."})
     tf.block("main.tf.json", "variable", "db_password", {
         "type": "string", "sensitive": True,
-        "description": "password of the Cloud SQL user (the same as in the DATABASE_URL secret)"})
+        "description": f"password of the Cloud SQL user {config.db_user}, the schema owner (the same as in the "
+                       f"{config.secret_id(MIGRATE_SECRET)} secret)"})
     for api in sorted(APIS):
         tf.resource("main.tf.json", "google_project_service", api, {
             "service": f"{api}.googleapis.com", "disable_on_destroy": False})
@@ -386,14 +426,16 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
         spec.name: _ref("google_cloudfunctions2_function", spec.name, "service_config[0].uri")
         for spec in served(specs)}})
     tf.block("outputs.tf.json", "output", "migrate_job", {"value": _ref("google_cloud_run_v2_job", "migrate", "name")})
+    private_ip = "${google_sql_database_instance.main.private_ip_address}"
     tf.block("outputs.tf.json", "output", "database_url_template", {
-        "value": f"postgresql://{config.db_user}:<password>@"
-                 "${google_sql_database_instance.main.private_ip_address}"
-                 f":5432/{config.db_name}?sslmode=require",
-        "description": "the DATABASE_URL secret's shape"})
+        "value": database_url_shape(config, config.db_runtime_user, private_ip),
+        "description": f"the {config.secret_id('DATABASE_URL')} secret's shape: the runtime role (DML only)"})
+    tf.block("outputs.tf.json", "output", "migrate_database_url_template", {
+        "value": database_url_shape(config, config.db_user, private_ip),
+        "description": f"the {config.secret_id(MIGRATE_SECRET)} secret's shape: the schema owner (migrate job)"})
     tf.block("outputs.tf.json", "output", "redis_url_template", {
         "value": "rediss://:<auth string>@${google_redis_instance.main.host}:${google_redis_instance.main.port}"
-                 f"/0?ssl_ca_certs={REDIS_CA_DIR}/{REDIS_CA_FILE}",
+                 f"/0?ssl_ca_certs={REDIS_CA_DIR}/{CA_FILE}",
         "description": "the REDIS_URL secret's shape (auth string: gcloud redis instances get-auth-string)"})
     return tf.render()
 
