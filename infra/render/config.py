@@ -9,6 +9,7 @@ Json = dict[str, Any]
 
 KINDS = ("http", "scheduled", "worker")
 PYTHON_RUNTIME = "python311"
+APP_ROOT = "/workspace"  # where Google's buildpacks put the source (this repository) in the image
 REDIS_CA_DIR = "/secrets/redis-ca"  # the Memorystore server CA, mounted from Secret Manager
 SQL_CA_DIR = "/secrets/sql-ca"  # the Cloud SQL instance's server CA: the runtime verifies the server with it
 CA_FILE = "ca.pem"

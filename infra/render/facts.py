@@ -6,6 +6,7 @@ import re
 
 from infra.manifest import FunctionSpec
 from infra.render.config import (
+    APP_ROOT,
     CA_FILE,
     CA_SECRETS,
     KINDS,
@@ -173,6 +174,9 @@ def function_env(spec: FunctionSpec, config: DeployConfig, values: dict[str, str
         env["CONSUMER_SHUTDOWN_GRACE_S"] = str(SHUTDOWN_GRACE_S)
     else:
         env["FUNCTION_USE_ASGI"] = "true"  # as `invoke dev` runs them: functions-framework --asgi
+        # The buildpack installs requirements.txt (the locked dependencies), not this project; functions-framework
+        # puts only the source's folder (functions/) on sys.path, so `shared` is found from the app root.
+        env["PYTHONPATH"] = APP_ROOT
     if spec.kind == "scheduled":
         # Cloud Scheduler calls with a Google-signed OIDC token of this account (checked by the function).
         env["SCHEDULER_SERVICE_ACCOUNT"] = values["scheduler_email"]

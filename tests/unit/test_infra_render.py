@@ -472,7 +472,8 @@ def test_plain_environment_names_are_real_settings() -> None:
     aliases = {field.alias for field in Settings.model_fields.values()}
     doc = terraform()
     for function in resources(doc, "google_cloudfunctions2_function").values():
-        assert set(function["service_config"]["environment_variables"]) <= aliases | {"FUNCTION_USE_ASGI"}
+        assert set(function["service_config"]["environment_variables"]) <= aliases | {"FUNCTION_USE_ASGI", "PYTHONPATH"}
+        assert function["service_config"]["environment_variables"]["PYTHONPATH"] == "/workspace"  # shared/ is there
         assert function["service_config"]["environment_variables"]["APP_ENV"] == "production"
     for pool in resources(doc, "google_cloud_run_v2_worker_pool").values():
         assert {e["name"] for e in pool["template"]["containers"][0]["env"]} <= aliases | {"AWS_ACCESS_KEY_ID",
