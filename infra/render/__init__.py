@@ -10,8 +10,8 @@ Every function of the manifest is rendered from its kind (http, scheduled, worke
 
     python -m infra.render --project P [--region R] [--format terraform|gcloud] [--out DIR] [--dry-run]
 
-One module per part: `config` (DeployConfig), `facts` (names, budgets, validation, environment), `url_map`,
-`terraform`, `gcloud`, `cli`.
+One module per part: `config` (DeployConfig), `facts` (names, budgets, secrets, validation, environment), `url_map`,
+`terraform` (+ `tf_base`, `tf_foundation`, `tf_compute`), `gcloud`, `cli`.
 """
 
 from infra.render.cli import main
