@@ -66,11 +66,11 @@ def test_the_runtime_role_may_change_rows_of_every_table_and_nothing_else(stack:
             expected = (True, False, False, False) if table == "schema_migrations" else (True, True, True, True)
             assert rights == (*expected, False, False, False), table
         for statement in ("CREATE TABLE sneaky (id int)", "DROP TABLE users", "ALTER TABLE users ADD COLUMN x int",
-                          "TRUNCATE health_probe_never_exists", "TRUNCATE system_health_logs",
+                          "TRUNCATE system_health_logs",
                           "CREATE INDEX sneaky ON users (id)", "CREATE FUNCTION sneaky() RETURNS int LANGUAGE sql"
                           " AS 'SELECT 1'", "CREATE ROLE sneaky", "CREATE SCHEMA sneaky",
                           "DELETE FROM schema_migrations"):
-            with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable)):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
 
 
