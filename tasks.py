@@ -239,13 +239,23 @@ def bench(c: Context, quick: bool = False, case: list[str] | None = None) -> Non
     raise Exit(code=subprocess.call(cmd, cwd=ROOT))
 
 
-@task(help={"upgrade": "move every pin to the newest version allowed (default: keep the pins that still fit)"})
-def lock(c: Context, upgrade: bool = False) -> None:
+@task(help={"upgrade": "move every pin to the newest version allowed (default: keep the pins that still fit)",
+            "check": "write nothing: fail when an installed package differs from its pin (CI, after installing)"})
+def lock(c: Context, upgrade: bool = False, check: bool = False) -> None:
     """Regenerate requirements.lock (the deploy's hash-pinned runtime set) from pyproject.toml with uv."""
+    from infra.lock import LOCK_PATH, compile_command, drift
+
+    if check:
+        moved = drift(LOCK_PATH.read_text())
+        for name, (locked, installed) in sorted(moved.items()):
+            print(f"{name}: locked {locked}, installed {installed or 'nothing'}")
+        if moved:
+            raise Exit("the tests would not run on what the deploy installs (above): "
+                       "pip install --require-hashes -r requirements.lock", code=1)
+        print("installed packages match requirements.lock")
+        return
     _need("uv", 'pip install uv (or pip install -e ".[dev]")')
     import subprocess
-
-    from infra.lock import LOCK_PATH, compile_command
 
     if subprocess.call(compile_command(upgrade=upgrade), cwd=ROOT) != 0:
         raise Exit("uv pip compile failed (see above): is PyPI reachable?", code=1)

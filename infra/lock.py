@@ -41,6 +41,21 @@ def locked_pins(text: str) -> dict[str, str]:
     return {canonical(name): version for name, version in _PIN.findall(text)}
 
 
+def drift(lock_text: str) -> dict[str, tuple[str, str | None]]:
+    """Locked packages whose installed version differs: name -> (locked, installed or None)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, tuple[str, str | None]] = {}
+    for name, locked in locked_pins(lock_text).items():
+        try:
+            installed: str | None = version(name)
+        except PackageNotFoundError:
+            installed = None
+        if installed != locked:
+            found[name] = (locked, installed)
+    return found
+
+
 def runtime_requirements(pyproject: Path = PYPROJECT_PATH) -> list[str]:
     """The runtime `dependencies` of pyproject.toml, as written."""
     return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])

@@ -8,7 +8,7 @@ import tomllib
 
 from packaging.requirements import Requirement
 
-from infra.lock import LOCK_PATH, PYPROJECT_PATH, canonical, locked_pins, runtime_requirements
+from infra.lock import LOCK_PATH, PYPROJECT_PATH, canonical, drift, locked_pins, runtime_requirements
 from infra.manifest import REPO_ROOT, load_manifest
 from infra.render import DeployConfig, render_terraform
 
@@ -48,3 +48,14 @@ def test_the_deploy_installs_the_lock() -> None:
     archive = json.loads(render_terraform(load_manifest(), DeployConfig(project="p"))["functions.tf.json"])
     excludes = archive["data"]["archive_file"]["source"]["excludes"]
     assert not {"requirements.txt", "requirements.lock"} & set(excludes)
+
+
+def test_drift_names_every_installed_package_that_differs_from_its_pin() -> None:
+    from importlib.metadata import version
+
+    pytest_version = version("pytest")
+    lock = (f"pytest=={pytest_version} \\\n    --hash=sha256:{'0' * 64}\n"
+            f"no-such-package-xyz==1.0 \\\n    --hash=sha256:{'1' * 64}\n")
+    assert drift(lock) == {"no-such-package-xyz": ("1.0", None)}
+    assert drift(lock.replace(f"pytest=={pytest_version}", "pytest==0.0.1")) == {
+        "pytest": ("0.0.1", pytest_version), "no-such-package-xyz": ("1.0", None)}
