@@ -239,6 +239,46 @@ def bench(c: Context, quick: bool = False, case: list[str] | None = None) -> Non
     raise Exit(code=subprocess.call(cmd, cwd=ROOT))
 
 
+@task(help={"upgrade": "move every pin to the newest version allowed (default: keep the pins that still fit)",
+            "check": "write nothing: fail when an installed package differs from its pin (CI, after installing)"})
+def lock(c: Context, upgrade: bool = False, check: bool = False) -> None:
+    """Regenerate requirements.lock (the deploy's hash-pinned runtime set) from pyproject.toml with uv."""
+    from infra.lock import LOCK_PATH, compile_command, drift
+
+    if check:
+        moved = drift(LOCK_PATH.read_text())
+        for name, (locked, installed) in sorted(moved.items()):
+            print(f"{name}: locked {locked}, installed {installed or 'nothing'}")
+        if moved:
+            raise Exit("the tests would not run on what the deploy installs (above): "
+                       "pip install --require-hashes -r requirements.lock", code=1)
+        print("installed packages match requirements.lock")
+        return
+    _need("uv", 'pip install uv (or pip install -e ".[dev]")')
+    import subprocess
+
+    if subprocess.call(compile_command(upgrade=upgrade), cwd=ROOT) != 0:
+        raise Exit("uv pip compile failed (see above): is PyPI reachable?", code=1)
+    print(f"wrote {LOCK_PATH.relative_to(ROOT)}")
+
+
+@task(help={"service": "pypi (default) or osv"})
+def audit(c: Context, service: str = "pypi") -> None:
+    """Audit requirements.lock for known vulnerabilities (pip-audit). Fails on a finding; only WARNS when the
+    audit service cannot be reached, saying what was not audited."""
+    _need("pip_audit", 'pip install pip-audit (or pip install -e ".[dev]")')
+    from infra.audit import run_audit
+
+    try:
+        outcome = run_audit(service=service)
+    except RuntimeError as exc:
+        raise Exit(str(exc), code=2) from None
+    for line in outcome.lines():
+        print(line)
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
 @task
 def emails(c: Context) -> None:
     """Print the emails the local SES emulator accepted (newest last)."""

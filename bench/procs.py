@@ -21,7 +21,7 @@ import httpx
 import psutil
 import psycopg
 
-from local.services import find_free_port
+from local.processes import find_free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,6 +39,7 @@ class FunctionSpec:
     min_instances: int
     max_instances: int
     schedule: str | None = None
+    secrets: tuple[str, ...] | None = None  # the secret settings it needs; None: the manifest does not say
 
     @property
     def target(self) -> str:
@@ -62,6 +63,7 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, FunctionSpec]:
             timeout_s=entry["timeout_s"], concurrency=entry["concurrency"],
             min_instances=entry["min_instances"], max_instances=entry["max_instances"],
             schedule=entry.get("schedule"),
+            secrets=tuple(entry["secrets"]) if "secrets" in entry else None,
         )
     return specs
 

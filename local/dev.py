@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from infra.manifest import MIGRATIONS_DIR, REPO_ROOT, load_manifest
+from local.postgres_server import PostgresServer
+from local.processes import ServiceError, find_free_port
+from local.redis_server import RedisServer
 from local.scheduler import SchedulerTick
-from local.services import PostgresServer, RedisServer, ServiceError, SesEmulator, find_free_port
+from local.ses_emulator import SesEmulator
 from local.supervisor import Child, Supervisor
 from shared.db import apply_migrations
 

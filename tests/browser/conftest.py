@@ -29,7 +29,8 @@ import psutil
 import psycopg
 import pytest
 
-from local.services import RedisServer, find_free_port
+from local.processes import find_free_port
+from local.redis_server import RedisServer
 from shared.auth import Role, issue_token
 from shared.settings import Settings
 from tests.conftest import TABLES

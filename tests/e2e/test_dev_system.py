@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from local.services import find_free_port
+from local.processes import find_free_port
 from shared.auth import Role, issue_token
 from shared.settings import Settings
 from tests.support.stack import TEST_JWT_SECRET, Stack

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from infra.manifest import MIGRATIONS_DIR
-from local.services import PostgresServer, RedisServer
+from local.postgres_server import PostgresServer
+from local.redis_server import RedisServer
 from shared.auth import Principal, Role
 from shared.creation import create_user_request
 from shared.db import apply_migrations

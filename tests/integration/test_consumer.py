@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import redis
 
-from local.services import RedisServer
+from local.redis_server import RedisServer
 from shared.auth import Principal, Role
 from shared.creation import create_user_request
 from shared.models import CreateUserCommand

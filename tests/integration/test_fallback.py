@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from local.services import RedisServer
+from local.redis_server import RedisServer
 from shared.auth import Principal, Role
 from shared.creation import create_user_request
 from shared.models import CreateUserCommand

