@@ -255,3 +255,18 @@ def emails(c: Context) -> None:
     for message in messages:
         print(f"--- to {', '.join(message['destinations'].get('ToAddresses', []))}: {message['subject']}")
         print(message["body"])
+
+
+@task
+def alerts(c: Context) -> None:
+    """Print the alerts the local receiver of `invoke dev` received (newest last)."""
+    from local.alert_receiver import read_received
+
+    state = _dev_state()
+    if not state.get("alerts_file"):
+        raise Exit(f"alerts go to ALERT_WEBHOOK_URL ({state.get('alert_webhook_url')}): look there", code=2)
+    received = read_received(Path(str(state["alerts_file"])))
+    if not received:
+        print("no alert received yet")
+    for entry in received:
+        print(f"{entry['received_at']}  {entry.get('text', '')}")

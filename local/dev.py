@@ -83,6 +83,7 @@ def run_dev(opts: DevOptions) -> int:
             sup.say("applying migrations ...")
             applied = apply_migrations(env["DATABASE_URL"], MIGRATIONS_DIR)
             sup.say(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+            _start_alert_receiver(sup, env, opts.state_dir)
             upstreams = _start_functions(sup, env)
             if opts.with_consumer and (REPO_ROOT / "functions" / "consumer.py").exists():
                 _start_consumer(sup, env)
@@ -94,7 +95,8 @@ def run_dev(opts: DevOptions) -> int:
                 sup.wait_healthy(child, timeout=60)
             state = {"gateway": gateway.url, "database_url": env["DATABASE_URL"], "redis_url": env["REDIS_URL"],
                      "ses_url": env.get("AWS_ENDPOINT_URL_SES"), "pid": os.getpid(),
-                     "functions": upstreams}
+                     "functions": upstreams, "alert_webhook_url": env.get("ALERT_WEBHOOK_URL"),
+                     "alerts_file": env.get("DEV_ALERTS_FILE")}
             opts.state_dir.mkdir(parents=True, exist_ok=True)
             (opts.state_dir / "state.json").write_text(json.dumps(state, indent=2))
             if opts.with_scheduler:
@@ -162,6 +164,18 @@ def _start_functions(sup: Supervisor, env: dict[str, str]) -> dict[str, str]:
     return upstreams
 
 
+def _start_alert_receiver(sup: Supervisor, env: dict[str, str], state_dir: Path) -> None:
+    """Without ALERT_WEBHOOK_URL, alerts go to a local receiver; `invoke alerts` prints what it got."""
+    if env.get("ALERT_WEBHOOK_URL"):
+        sup.say(f"alerts go to ALERT_WEBHOOK_URL ({env['ALERT_WEBHOOK_URL'].split('//')[-1].split('/')[0]})")
+        return
+    port = find_free_port()
+    env["DEV_ALERTS_FILE"] = str(state_dir / "alerts.jsonl")
+    env["ALERT_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/alerts"
+    sup.spawn(Child("alerts", [sys.executable, "-m", "local.alert_receiver", "--port", str(port), "--file",
+                               env["DEV_ALERTS_FILE"]], env, url=f"http://127.0.0.1:{port}", health_path="/healthz"))
+
+
 def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
     sup.spawn(Child("consumer", [sys.executable, "-m", "functions.consumer"],
                     {**env, "INSTANCE_NAME": "consumer/dev"}, ready_text="consumer consumer/dev started"))
@@ -207,6 +221,7 @@ def _code_stamp() -> dict[Path, float]:
 
 def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
     stamp = _code_stamp()
+    down: set[str] = set()
     while True:
         current = _code_stamp()
         if current != stamp:
@@ -221,7 +236,18 @@ def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
             sup.say(f"!! {dead.name} DIED ({dead.state}); stopping everything" + sup._tail_text(dead))
             return 1
         for name, svc in services:
-            if not svc.is_running():
+            running = svc.is_running()
+            if not running and name == "redis":
+                # The system is built to live through a Redis outage (fallback, alerts): keep it up, say so.
+                if name not in down:
+                    sup.say("!! redis stopped: requests fall back to synchronous creation; the watchdog alerts."
+                            " Start it again on the same port to resume queueing.")
+                    down.add(name)
+                continue
+            if not running:
                 sup.say(f"!! {name} DIED; stopping everything")
                 return 1
+            if name in down:
+                sup.say(f"{name} is back")
+                down.discard(name)
         time.sleep(0.5)
