@@ -96,7 +96,7 @@ def run_dev(opts: DevOptions) -> int:
             state = {"gateway": gateway.url, "database_url": env["DATABASE_URL"], "redis_url": env["REDIS_URL"],
                      "ses_url": env.get("AWS_ENDPOINT_URL_SES"), "pid": os.getpid(),
                      "functions": upstreams, "alert_webhook_url": env.get("ALERT_WEBHOOK_URL"),
-                     "alerts_file": env.get("DEV_ALERTS_FILE")}
+                     "alerts_file": env.get("DEV_ALERTS_FILE"), "trace_file": env.get("TRACE_FILE")}
             opts.state_dir.mkdir(parents=True, exist_ok=True)
             (opts.state_dir / "state.json").write_text(json.dumps(state, indent=2))
             if opts.with_scheduler:
@@ -128,6 +128,8 @@ def _environment(opts: DevOptions, stack: contextlib.ExitStack, services: list[t
     env.setdefault("SET_PASSWORD_URL", f"http://127.0.0.1:{opts.port}/set-password")
     data = opts.state_dir
     data.mkdir(parents=True, exist_ok=True)
+    if not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        env.setdefault("TRACE_FILE", str(data / "spans.jsonl"))  # the local trace sink: `invoke traces REQUEST_ID`
     if not env.get("DATABASE_URL"):
         sup.say("starting PostgreSQL (embedded, state in .local/dev/pg) ...")
         pg = stack.enter_context(PostgresServer(data / "pg", _preferred("postgres")))
