@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 from shared.alerts import masked_target
 from shared.auth import Role, issue_token
 from tests.conftest import auth, make_settings
@@ -40,3 +42,41 @@ def test_the_panel_sees_the_webhook_host_never_its_secret_path(stack):
                              ALERT_EMAILS="a@example.com, b@example.com")
     shown = masked_target(settings)
     assert shown == {"webhook": "https://hooks.slack.com/***", "emails": 2}
+
+
+async def test_each_condition_fires_once_and_resolves_when_it_ends(call, deps, db, tokens, stack):
+    db.execute("TRUNCATE alert_states, alert_outbox RESTART IDENTITY")
+
+    async def run() -> dict[str, str]:
+        answer = await call("alert_watchdog", "POST", "/api/admin/system/watchdog", headers=auth(tokens["admin"]))
+        assert answer.status_code == 200
+        return {t["event"]: t["state"] for t in answer.json()["transitions"]}
+
+    assert await run() == {}
+    user = "00000000-0000-0000-0000-000000000001"
+    db.execute("INSERT INTO creation_requests (id, actor, body_hash, email, email_normalized, full_name, status, mode,"
+               " fallback, fallback_reason) VALUES ('req_fb', 's', 'h', 'a@example.com', 'a@example.com', 'A',"
+               " 'created', 'sync_direct', true, 'redis_unavailable'),"
+               " ('req_failed', 's', 'h', 'b@example.com', 'b@example.com', 'B', 'failed', 'async_queue', false, null)")
+    db.execute("INSERT INTO users (id, email, email_normalized, full_name, request_id)"
+               " VALUES (%s, 'a@example.com', 'a@example.com', 'A', 'req_fb')", (user,))
+    db.execute("INSERT INTO email_outbox (user_id, request_id, attempts, last_error) VALUES (%s, 'req_fb', 2, 'X')",
+               (user,))
+    db.execute("INSERT INTO system_health_logs (level, event, message) VALUES ('ERROR', 'cleanup_failed', 'x')")
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        client.delete(f"{stack.queue_prefix}:user-creation:provisioner:consumers")  # no consumer, mode async
+    finally:
+        client.close()
+    deps.consumers.forget()
+    assert await run() == {"fallback_active": "firing", "creation_failed": "firing", "email_failing": "firing",
+                           "cleanup_failing": "firing", "no_consumer": "firing"}
+    assert await run() == {}  # still true: no repeat
+
+    db.execute("UPDATE creation_requests SET created_at = now() - interval '1 hour',"
+               " updated_at = now() - interval '1 hour'")  # out of the 5-minute window
+    db.execute("UPDATE email_outbox SET status = 'sent', sent_at = now()")
+    db.execute("INSERT INTO system_health_logs (level, event, message) VALUES ('INFO', 'health_logs_cleaned', 'x')")
+    db.execute("UPDATE system_config SET value = 'sync_direct' WHERE key = 'traffic_mode'")  # queue not in use
+    assert await run() == {"fallback_active": "resolved", "creation_failed": "resolved", "email_failing": "resolved",
+                           "cleanup_failing": "resolved", "no_consumer": "resolved"}
