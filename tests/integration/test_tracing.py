@@ -16,7 +16,7 @@ from local.traces import read_spans, span_tree
 from tests.conftest import auth, wait_until
 from tests.integration.test_consumer import consumers, start_consumer  # noqa: F401
 from tests.support.functions import FunctionProcess
-from tests.support.pii import EMAIL
+from tests.support.pii import EMAIL, find_secrets
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +88,8 @@ async def test_one_trace_from_the_request_through_the_queue_the_consumer_and_ses
     tree = span_tree(read_spans(sink, trace_id))
     assert tree[0].startswith("POST create_user") and any(line.startswith("  consumer.job") for line in tree)
     assert_no_pii(sink, "Traced Person", tokens["sales_manager"])
+    assert find_secrets(stack.redis_url, stack.queue_prefix, stack.database_url,
+                        [b"Traced Person", tokens["sales_manager"].encode()]) == []
 
 
 @pytest.mark.parametrize("path", ["sync", "fallback"])
