@@ -167,8 +167,16 @@ def _start_functions(sup: Supervisor, env: dict[str, str]) -> dict[str, str]:
 
 
 def _start_alert_receiver(sup: Supervisor, env: dict[str, str], state_dir: Path) -> None:
-    """Without ALERT_WEBHOOK_URL, alerts go to a local receiver; `invoke alerts` prints what it got."""
+    """Without ALERT_WEBHOOK_URL, alerts go to a local receiver; `invoke alerts` prints what it got. A bad one is
+    refused here, before anything starts on it."""
     if env.get("ALERT_WEBHOOK_URL"):
+        from pydantic import HttpUrl, TypeAdapter, ValidationError
+
+        try:
+            TypeAdapter(HttpUrl).validate_python(env["ALERT_WEBHOOK_URL"])
+        except ValidationError:
+            raise RuntimeError("ALERT_WEBHOOK_URL is not an http(s) URL: fix it or unset it (then a local"
+                               " receiver takes the alerts)") from None
         sup.say(f"alerts go to ALERT_WEBHOOK_URL ({env['ALERT_WEBHOOK_URL'].split('//')[-1].split('/')[0]})")
         return
     port = find_free_port()

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from infra.manifest import MIGRATIONS_DIR, load_manifest
 from local.alert_receiver import AlertReceiver
 from local.scheduler import fire
-from local.services import PostgresServer, RedisServer
+from local.services import PostgresServer, RedisServer, find_free_port
 from shared.auth import Role, issue_token
 from shared.db import apply_migrations
 from shared.settings import Settings
@@ -193,6 +193,10 @@ def test_bad_webhook_url_is_refused_naming_the_variable(stack, tmp_path):
                           timeout=60, check=False)
     assert done.returncode != 0
     assert b"ALERT_WEBHOOK_URL" in done.stderr + done.stdout
+    dev = subprocess.run([sys.executable, "-m", "invoke", "dev", "--port", str(find_free_port())], cwd=ROOT,
+                         env={**env, "APP_ENV": "development"}, capture_output=True, timeout=120, check=False)
+    assert dev.returncode == 1
+    assert b"FAILED: ALERT_WEBHOOK_URL is not an http(s) URL" in dev.stdout
 
 
 async def test_postgres_stopped_alerts_once_through_redis_then_resolves(deps, receiver, watchdogs, stack, tmp_path,
