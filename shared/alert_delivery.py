@@ -27,6 +27,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY_S = 300
+SENT_RETENTION_DAYS = 30  # delivered alerts stay visible (panel, psql) this long
 
 
 @dataclass(slots=True)
@@ -116,4 +117,7 @@ async def deliver_alerts(pool: AsyncConnectionPool, settings: Settings, mailer: 
             await conn.execute("UPDATE alert_outbox SET status = 'sent', sent_at = now(), attempts = attempts + 1,"
                                " last_error = NULL WHERE id = %s", (row["id"],))
             report.sent += 1
+    async with db.connection(pool) as conn:
+        await conn.execute("DELETE FROM alert_outbox WHERE status = 'sent' AND at < now() - %s",
+                           (timedelta(days=SENT_RETENTION_DAYS),))
     return report
