@@ -295,3 +295,40 @@ def emails(c: Context) -> None:
     for message in messages:
         print(f"--- to {', '.join(message['destinations'].get('ToAddresses', []))}: {message['subject']}")
         print(message["body"])
+
+
+@task
+def alerts(c: Context) -> None:
+    """Print the alerts the local receiver of `invoke dev` received (newest last)."""
+    from local.alert_receiver import read_received
+
+    state = _dev_state()
+    if not state.get("alerts_file"):
+        raise Exit(f"alerts go to ALERT_WEBHOOK_URL ({state.get('alert_webhook_url')}): look there", code=2)
+    received = read_received(Path(str(state["alerts_file"])))
+    if not received:
+        print("no alert received yet")
+    for entry in received:
+        print(f"{entry['received_at']}  {entry.get('text', '')}")
+
+
+@task(help={"request_id": "a creation request id (req_...)"})
+def traces(c: Context, request_id: str) -> None:
+    """Print the span tree of one creation request (its whole trace), from the local system's span file."""
+    import psycopg
+
+    from local.traces import read_spans, span_tree
+
+    state = _dev_state()
+    if not state.get("trace_file"):
+        raise Exit("traces go to OTEL_EXPORTER_OTLP_ENDPOINT: look there", code=2)
+    with psycopg.connect(str(state["database_url"]), connect_timeout=5) as conn:
+        row = conn.execute("SELECT trace_id FROM creation_requests WHERE id = %s", (request_id,)).fetchone()
+    if row is None:
+        raise Exit(f"no creation request {request_id}", code=2)
+    if not row[0]:
+        raise Exit(f"{request_id} was recorded without a trace id", code=1)
+    spans = read_spans(Path(str(state["trace_file"])), row[0])
+    print(f"trace {row[0]} ({len(spans)} spans)")
+    for line in span_tree(spans):
+        print("  " + line)

@@ -86,6 +86,7 @@ def run_dev(opts: DevOptions) -> int:
             sup.say("applying migrations ...")
             applied = apply_migrations(env["DATABASE_URL"], MIGRATIONS_DIR)
             sup.say(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+            _start_alert_receiver(sup, env, opts.state_dir)
             upstreams = _start_functions(sup, env)
             if opts.with_consumer and (REPO_ROOT / "functions" / "consumer.py").exists():
                 _start_consumer(sup, env)
@@ -97,7 +98,8 @@ def run_dev(opts: DevOptions) -> int:
                 sup.wait_healthy(child, timeout=60)
             state = {"gateway": gateway.url, "database_url": env["DATABASE_URL"], "redis_url": env["REDIS_URL"],
                      "ses_url": env.get("AWS_ENDPOINT_URL_SES"), "pid": os.getpid(),
-                     "functions": upstreams}
+                     "functions": upstreams, "alert_webhook_url": env.get("ALERT_WEBHOOK_URL"),
+                     "alerts_file": env.get("DEV_ALERTS_FILE"), "trace_file": env.get("TRACE_FILE")}
             opts.state_dir.mkdir(parents=True, exist_ok=True)
             (opts.state_dir / "state.json").write_text(json.dumps(state, indent=2))
             if opts.with_scheduler:
@@ -129,6 +131,8 @@ def _environment(opts: DevOptions, stack: contextlib.ExitStack, services: list[t
     env.setdefault("SET_PASSWORD_URL", f"http://127.0.0.1:{opts.port}/set-password")
     data = opts.state_dir
     data.mkdir(parents=True, exist_ok=True)
+    if not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        env.setdefault("TRACE_FILE", str(data / "spans.jsonl"))  # the local trace sink: `invoke traces REQUEST_ID`
     if not env.get("DATABASE_URL"):
         sup.say("starting PostgreSQL (embedded, state in .local/dev/pg) ...")
         pg = stack.enter_context(PostgresServer(data / "pg", _preferred("postgres")))
@@ -163,6 +167,26 @@ def _start_functions(sup: Supervisor, env: dict[str, str]) -> dict[str, str]:
                                     "--asgi"], child_env, url=url, health_path="/"))
         upstreams[spec.name] = url
     return upstreams
+
+
+def _start_alert_receiver(sup: Supervisor, env: dict[str, str], state_dir: Path) -> None:
+    """Without ALERT_WEBHOOK_URL, alerts go to a local receiver; `invoke alerts` prints what it got. A bad one is
+    refused here, before anything starts on it."""
+    if env.get("ALERT_WEBHOOK_URL"):
+        from pydantic import HttpUrl, TypeAdapter, ValidationError
+
+        try:
+            TypeAdapter(HttpUrl).validate_python(env["ALERT_WEBHOOK_URL"])
+        except ValidationError:
+            raise RuntimeError("ALERT_WEBHOOK_URL is not an http(s) URL: fix it or unset it (then a local"
+                               " receiver takes the alerts)") from None
+        sup.say(f"alerts go to ALERT_WEBHOOK_URL ({env['ALERT_WEBHOOK_URL'].split('//')[-1].split('/')[0]})")
+        return
+    port = find_free_port()
+    env["DEV_ALERTS_FILE"] = str(state_dir / "alerts.jsonl")
+    env["ALERT_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/alerts"
+    sup.spawn(Child("alerts", [sys.executable, "-m", "local.alert_receiver", "--port", str(port), "--file",
+                               env["DEV_ALERTS_FILE"]], env, url=f"http://127.0.0.1:{port}", health_path="/healthz"))
 
 
 def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
@@ -210,6 +234,7 @@ def _code_stamp() -> dict[Path, float]:
 
 def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
     stamp = _code_stamp()
+    down: set[str] = set()
     while True:
         current = _code_stamp()
         if current != stamp:
@@ -224,7 +249,18 @@ def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
             sup.say(f"!! {dead.name} DIED ({dead.state}); stopping everything" + sup._tail_text(dead))
             return 1
         for name, svc in services:
-            if not svc.is_running():
+            running = svc.is_running()
+            if not running and name == "redis":
+                # The system is built to live through a Redis outage (fallback, alerts): keep it up, say so.
+                if name not in down:
+                    sup.say("!! redis stopped: requests fall back to synchronous creation; the watchdog alerts."
+                            " Start it again on the same port to resume queueing.")
+                    down.add(name)
+                continue
+            if not running:
                 sup.say(f"!! {name} DIED; stopping everything")
                 return 1
+            if name in down:
+                sup.say(f"{name} is back")
+                down.discard(name)
         time.sleep(0.5)

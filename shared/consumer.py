@@ -27,10 +27,11 @@ from bullmq import UnrecoverableError, Worker
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from shared import db
+from shared import db, tracing
 from shared.bootstrap import Deps
 from shared.errors import DatabaseUnavailable, NotFound
 from shared.health import Level, record, record_detached
+from shared.job_tracing import job_span
 from shared.outbox import deliver_pending
 from shared.provisioning import provision
 from shared.queueing import JobQueue
@@ -69,6 +70,7 @@ class Consumer:
     def __init__(self, deps: Deps, name: str | None = None) -> None:
         self.deps = deps
         self.settings = deps.settings
+        tracing.setup(self.settings, "consumer")
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.client = worker_client(str(self.settings.redis_url))
         self.queue = JobQueue(self.client, self.settings)
@@ -216,7 +218,8 @@ class Consumer:
     async def _process(self, job: Any, token: str) -> dict[str, Any]:
         self.in_flight += 1
         try:
-            return await self._process_one(job)
+            async with job_span(self.deps.pool, job):  # a child of the request's trace
+                return await self._process_one(job)
         finally:
             self.in_flight -= 1
 

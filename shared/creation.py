@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from shared import db, health
+from shared import db, health, tracing
 from shared.auth import Principal
 from shared.bootstrap import Deps
 from shared.errors import (
@@ -43,9 +43,9 @@ _RECORD_REQUEST = """
 WITH taken AS (SELECT EXISTS (SELECT 1 FROM users WHERE email_normalized = %(norm)s) AS user_exists),
 ins AS (
     INSERT INTO creation_requests (id, actor, idempotency_key, body_hash, email, email_normalized, full_name,
-                                   phone, product, mode, fallback, fallback_reason)
+                                   phone, product, mode, fallback, fallback_reason, trace_id, traceparent)
     SELECT %(id)s, %(actor)s, %(key)s, %(hash)s, %(email)s, %(norm)s, %(full_name)s, %(phone)s, %(product)s,
-           %(mode)s, %(fallback)s, %(fallback_reason)s
+           %(mode)s, %(fallback)s, %(fallback_reason)s, %(trace_id)s, %(traceparent)s
     FROM taken WHERE NOT taken.user_exists
     ON CONFLICT (actor, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id),
@@ -117,6 +117,7 @@ async def _record_request(deps: Deps, principal: Principal, command: CreateUserC
                             "user creation request recorded" + (" and queued" if queued else ""),
                             {"request_id": request_id, "mode": mode.value, "fallback_reason": fallback_reason},
                             source=deps.source)
+    trace_id, traceparent = tracing.current_ids() or (None, None)
     async with db.connection(deps.pool) as conn:
         try:
             # One statement, one round trip, atomic: the early user check, the row and its INFO event.
@@ -125,7 +126,7 @@ async def _record_request(deps: Deps, principal: Principal, command: CreateUserC
                 "hash": command.body_hash(), "email": command.email, "norm": command.email_normalized,
                 "full_name": command.full_name, "phone": command.phone, "product": command.product,
                 "mode": mode.value, "fallback": fallback_reason is not None, "fallback_reason": fallback_reason,
-                **event})
+                "trace_id": trace_id, "traceparent": traceparent, **event})
             row = await cur.fetchone()
         except pg_errors.UniqueViolation as exc:
             if exc.diag.constraint_name != "creation_requests_one_pending_per_email":

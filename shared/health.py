@@ -11,7 +11,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from shared import db
+from shared import db, tracing
 from shared.errors import DatabaseUnavailable
 from shared.models import LogQuery
 
@@ -48,7 +48,16 @@ def prepared(level: Level, event: str, message: str, metadata: dict[str, Any] | 
     """The scrubbed column values of an event, as `ev_*` query parameters (for an INSERT inside a larger
     statement; call `log_event` once it committed)."""
     return {"ev_level": level.value, "ev_event": event, "ev_message": scrub(message),
-            "ev_metadata": Jsonb(scrub(metadata or {})), "ev_source": source or "unknown"}
+            "ev_metadata": Jsonb(scrub(_with_trace(metadata))), "ev_source": source or "unknown"}
+
+
+def _with_trace(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A creation request's event also names the current trace: the request's own (its timeline links to it).
+    An admin's action on a request (metadata `by`) runs in the admin's call, not in the request's trace: none."""
+    if not metadata or "request_id" not in metadata or "trace_id" in metadata or "by" in metadata:
+        return metadata or {}
+    trace_id = tracing.current_trace_id()
+    return metadata if trace_id is None else {**metadata, "trace_id": trace_id}
 
 
 def log_event(level: Level, event: str) -> None:

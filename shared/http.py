@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from shared import tracing
 from shared.auth import Principal, Role, authenticate, require_role
 from shared.bootstrap import Deps, get_deps
 from shared.errors import DomainError, InvalidInput, MethodNotAllowed, PayloadTooLarge
@@ -72,7 +73,11 @@ def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[
                 deps = await get_deps()
                 principal = authenticate(request.headers.get("authorization"), deps.settings)
                 require_role(principal, *roles)
-                result = await handler(request, deps, principal)
+                # The server span continues an incoming W3C traceparent (shared/tracing.py).
+                with tracing.setup(deps.settings, handler.__name__).span(
+                        f"{request.method} {handler.__name__}", parent=tracing.extract(request.headers),
+                        kind="SERVER", attributes={"http.request.method": request.method}):
+                    result = await handler(request, deps, principal)
             except DomainError as err:
                 return error_response(err)
             except ValidationError as err:

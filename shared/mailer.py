@@ -50,3 +50,13 @@ class Mailer:
                      "Body": {"Text": {"Data": text, "Charset": "UTF-8"}}},
         )
         return str(answer["MessageId"])
+
+    def send_alert(self, *, to: list[str], subject: str, text: str) -> str:
+        """Send an operator alert (blocking: call it in a thread). Returns the SES message id."""
+        answer = self._ses().send_email(
+            Source=self.sender,
+            Destination={"ToAddresses": to},
+            Message={"Subject": {"Data": subject, "Charset": "UTF-8"},
+                     "Body": {"Text": {"Data": text, "Charset": "UTF-8"}}},
+        )
+        return str(answer["MessageId"])

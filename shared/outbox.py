@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from psycopg_pool import AsyncConnectionPool
 
-from shared import db
+from shared import db, tracing
 from shared.health import Level, record
 from shared.mailer import Mailer
 from shared.settings import Settings
@@ -69,11 +69,12 @@ async def deliver_pending(pool: AsyncConnectionPool, mailer: Mailer, settings: S
             link = f"{settings.set_password_url}?{urlencode({'token': token})}"
             ids = {"user_id": str(row["user_id"]), "request_id": row["request_id"]}
             try:
-                message_id = await asyncio.wait_for(
-                    asyncio.to_thread(mailer.send_welcome, to=row["email"], full_name=row["full_name"],
-                                      set_password_link=link),
-                    settings.email_send_timeout_s,
-                )
+                with tracing.span("ses.send_email", kind="CLIENT", attributes={"request_id": row["request_id"]}):
+                    message_id = await asyncio.wait_for(
+                        asyncio.to_thread(mailer.send_welcome, to=row["email"], full_name=row["full_name"],
+                                          set_password_link=link),
+                        settings.email_send_timeout_s,
+                    )
             except Exception as exc:
                 attempts = row["attempts"] + 1
                 gave_up = attempts >= MAX_EMAIL_ATTEMPTS

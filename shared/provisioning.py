@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from shared import db
+from shared import db, tracing
 from shared.errors import NotFound
 from shared.health import Level, record
 
@@ -50,6 +50,14 @@ def user_view(row: dict[str, Any]) -> dict[str, Any]:
 async def provision(pool: AsyncConnectionPool, request_id: str, *, source: str,
                     via: str) -> Outcome:
     """Create the user of `request_id` (idempotent). `via` says who did it: sync, fallback or consumer."""
+    with tracing.span("db.provision", attributes={"request_id": request_id, "via": via}) as span:
+        outcome = await _provision(pool, request_id, source=source, via=via)
+        if span is not None:
+            span.set_attribute("outcome", outcome.status + (" (already done)" if outcome.already_done else ""))
+    return outcome
+
+
+async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str, via: str) -> Outcome:
     async with db.connection(pool) as conn, conn.transaction():
         cur = await conn.execute("SELECT * FROM creation_requests WHERE id = %s FOR UPDATE", (request_id,))
         req = await cur.fetchone()

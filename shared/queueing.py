@@ -16,6 +16,7 @@ from bullmq import Queue
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from shared import tracing
 from shared.settings import Settings
 
 JOB_NAME = "create-user"
@@ -63,8 +64,9 @@ class JobQueue:
 
     async def enqueue(self, request_id: str, *, timeout_s: float | None = None) -> None:
         """Add the creation job; raises on timeout or any Redis error (the caller falls back)."""
-        add = self.queue.add(JOB_NAME, {"request_id": request_id}, job_options(self.settings, request_id))
-        await asyncio.wait_for(add, timeout_s or self.settings.redis_timeout_s * 2)
+        with tracing.span("redis.enqueue", kind="PRODUCER", attributes={"request_id": request_id}):
+            add = self.queue.add(JOB_NAME, {"request_id": request_id}, job_options(self.settings, request_id))
+            await asyncio.wait_for(add, timeout_s or self.settings.redis_timeout_s * 2)
 
     async def remove_job(self, job_id: str) -> None:
         """Delete a finished job (so its id can be used again); a missing job is fine."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from pydantic import AnyUrl, Field, PostgresDsn, RedisDsn, SecretStr, model_validator
+from pydantic import AnyUrl, Field, HttpUrl, PostgresDsn, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The development placeholder: Settings refuses it when APP_ENV is production (explained bandit finding).
@@ -72,6 +72,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024, alias="MAX_BODY_BYTES", ge=1024)
     public_base_url: str = Field("", alias="PUBLIC_BASE_URL")
     instance_name: str = Field("", alias="INSTANCE_NAME")
+
+    # Alerts (shared/alerts.py): where they go, how long a delivery may take, how often a failed one is retried.
+    alert_webhook_url: HttpUrl | None = Field(None, alias="ALERT_WEBHOOK_URL")
+    alert_emails: str = Field("", alias="ALERT_EMAILS")  # comma-separated recipients, through SES
+    alert_timeout_s: float = Field(5.0, alias="ALERT_TIMEOUT_S", gt=0, le=30)
+    alert_retry_base_s: float = Field(30.0, alias="ALERT_RETRY_BASE_S", ge=0)
+    alert_window_s: int = Field(300, alias="ALERT_WINDOW_S", ge=60)
+    cleanup_overdue_hours: int = Field(26, alias="CLEANUP_OVERDUE_HOURS", ge=1)
+    # Traces (shared/tracing.py): OTLP/HTTP export when an endpoint is set, else a JSONL file when one is set.
+    tracing_enabled: bool = Field(True, alias="TRACING_ENABLED")
+    otel_exporter_otlp_endpoint: str = Field("", alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    trace_file: str = Field("", alias="TRACE_FILE")
+
+    @field_validator("alert_webhook_url", mode="before")
+    @classmethod
+    def _empty_webhook_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _refuse_dev_secret_outside_development(self) -> Settings:

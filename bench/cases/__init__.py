@@ -19,6 +19,7 @@ from bench.cases.http import (
     kill_switch_propagation,
     sync_create_1_client,
 )
+from bench.cases.tracing import tracing_cost_202
 
 Case = Callable[[Any], Awaitable[dict[str, Any]]]
 
@@ -33,4 +34,5 @@ CASES: dict[str, Case] = {
     "idle_pickup": idle_pickup,
     "kill_switch_propagation": kill_switch_propagation,
     "cold_start": cold_start,
+    "tracing_cost_202": tracing_cost_202,
 }

@@ -342,6 +342,7 @@
     S.lastAttempt = Date.now();
     var gen = S.generation;
     var logReq = logsRequest();
+    if (window.PanelAlerts) { window.PanelAlerts.refresh(api); }
     var parts = [
       ["metrics", api("/api/admin/system/metrics")],
       ["mode", api("/api/admin/system/mode")],
