@@ -89,6 +89,7 @@ class DeployConfig:
     secret_env: tuple[str, ...] = (  # the secrets a manifest entry may name in `secrets`
         "DATABASE_URL", "REDIS_URL", "AUTH_JWT_SECRET",
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # SES is an AWS service: its credentials are secrets too
+        "ALERT_WEBHOOK_URL",  # a chat webhook URL carries its own credential
     )
     extra_env: dict[str, str] = field(default_factory=dict)  # more non-secret settings (shared/settings.py)
 

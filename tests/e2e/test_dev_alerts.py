@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from local.alert_receiver import AlertReceiver
-from local.services import RedisServer, find_free_port
+from local.processes import find_free_port
+from local.redis_server import RedisServer
 from tests.e2e.test_dev_system import ROOT, wait_for_line
 from tests.support.stack import TEST_JWT_SECRET
 

@@ -18,8 +18,10 @@ from pydantic import ValidationError
 
 from infra.manifest import MIGRATIONS_DIR, load_manifest
 from local.alert_receiver import AlertReceiver
+from local.postgres_server import PostgresServer
+from local.processes import find_free_port
+from local.redis_server import RedisServer
 from local.scheduler import fire
-from local.services import PostgresServer, RedisServer, find_free_port
 from shared.auth import Role, issue_token
 from shared.db import apply_migrations
 from shared.settings import Settings

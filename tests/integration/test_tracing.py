@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from local.services import find_free_port
+from local.processes import find_free_port
 from local.traces import read_spans, span_tree
 from tests.conftest import auth, wait_until
 from tests.integration.test_consumer import consumers, start_consumer  # noqa: F401
