@@ -47,7 +47,8 @@ class BodyTooLarge(Exception):
     """The streamed body passed the cap."""
 
 
-def _drop_hop_by_hop(raw: Iterable[tuple[bytes, bytes]], also: frozenset[str] | set[str] = frozenset()) -> list[tuple[bytes, bytes]]:
+def _drop_hop_by_hop(raw: Iterable[tuple[bytes, bytes]],
+                     also: frozenset[str] | set[str] = frozenset()) -> list[tuple[bytes, bytes]]:
     """The headers minus the hop-by-hop ones: the fixed list and every name the `Connection` header lists."""
     listed = {token.strip().lower() for k, v in raw if k.decode("latin-1").lower() == "connection"
               for token in v.decode("latin-1").split(",") if token.strip()}
