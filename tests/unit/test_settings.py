@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from psycopg.conninfo import make_conninfo
 from pydantic import ValidationError
 
 from shared.settings import DEV_SET_PASSWORD_URL, Settings
@@ -21,6 +22,8 @@ PRODUCTION = {"APP_ENV": "production", "REDIS_URL": "redis://127.0.0.1:6390/0", 
     "postgresql:///provisioner",
     "host=/var/run/postgresql dbname=provisioner user=app",
     "host=127.0.0.1 port=55432 dbname=provisioner_test user=postgres",
+    # what tests/support/stack.py and the bench hand over when DATABASE_URL is configured
+    make_conninfo("postgresql://postgres@127.0.0.1:55432/postgres", dbname="provisioner_test_0a1b2c"),
 ])
 def test_every_libpq_connection_string_is_accepted(dsn):
     assert Settings(**PRODUCTION, DATABASE_URL=dsn).database_url == dsn
