@@ -121,10 +121,12 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
     counters = f"{settings.queue_prefix}:{settings.queue_name}:provisioner"
     quota = CreationQuota(queue.client, counters, settings.create_quota_per_minute, Transitions(
         pool, source, "quota_unavailable", "creation quota not enforced: Redis cannot be read (failing open)",
-        "quota_restored", "creation quota enforced again"), redis_usable=redis_usable)
+        "quota_restored", "creation quota enforced again"), redis_usable=redis_usable,
+        on_redis_failure=breaker.failure)
     mailer = mailer or Mailer(settings)
     mailer.rate = EmailRate(
         queue.client, f"{counters}:email-rate", settings.email_rate_per_s, redis_usable=redis_usable,
+        on_redis_failure=breaker.failure,
         availability=Transitions(pool, source, "email_rate_unavailable",
                                  "welcome-email rate not enforced: Redis cannot be read (failing open)",
                                  "email_rate_restored", "welcome-email rate enforced again"),

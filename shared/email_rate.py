@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -26,12 +26,14 @@ class EmailRate:
     """`await rate.wait_for_slot(max_wait_s)`: True when an email may be sent now, False to leave it queued."""
 
     def __init__(self, client: aioredis.Redis, key: str, per_second: int, *, availability: Transitions,
-                 saturation: Transitions, redis_usable: Callable[[], bool] = lambda: True) -> None:
+                 saturation: Transitions, redis_usable: Callable[[], bool] = lambda: True,
+                 on_redis_failure: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.per_second = per_second
         self.availability = availability
         self.saturation = saturation
         self._gate = StartGate(client, key, per_second, 1000)
         self._redis_usable = redis_usable
+        self._on_redis_failure = on_redis_failure
 
     async def wait_for_slot(self, max_wait_s: float) -> bool:
         """Take one sending slot, waiting up to `max_wait_s`; fails open (True) when Redis cannot be read."""
@@ -46,7 +48,10 @@ class EmailRate:
             try:
                 wait_ms, _ = await self._gate.try_acquire(member)
             except Exception as exc:
-                await self.availability.report(False, f"redis_unavailable: {type(exc).__name__}")
+                reason = f"redis_unavailable: {type(exc).__name__}"
+                await self.availability.report(False, reason)
+                if self._on_redis_failure is not None:
+                    await self._on_redis_failure(reason)
                 return True
             await self.availability.report(True, "redis_available")
             if wait_ms == 0:

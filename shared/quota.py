@@ -22,7 +22,7 @@ import hashlib
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,13 +76,15 @@ class CreationQuota:
     """See the module docstring. `limit` 0 switches the quota off."""
 
     def __init__(self, client: aioredis.Redis, key_prefix: str, limit: int, availability: Transitions, *,
-                 redis_usable: Callable[[], bool] = lambda: True) -> None:
+                 redis_usable: Callable[[], bool] = lambda: True,
+                 on_redis_failure: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.limit = limit
         self.availability = availability
         self._client = client
         self._prefix = key_prefix
         self._script: Any = client.register_script(_CHARGE)
         self._redis_usable = redis_usable
+        self._on_redis_failure = on_redis_failure  # the breaker: the rest of the request then skips Redis
 
     def key(self, subject: str) -> str:
         """The caller's counter: a hash of its `sub` (which may be an address) under the queue's prefix."""
@@ -99,7 +101,10 @@ class CreationQuota:
         try:
             allowed, wait_ms = await self._script(keys=[key], args=[self.limit, WINDOW_MS, n, tag])
         except Exception as exc:
-            await self.availability.report(False, f"redis_unavailable: {type(exc).__name__}")
+            reason = f"redis_unavailable: {type(exc).__name__}"
+            await self.availability.report(False, reason)
+            if self._on_redis_failure is not None:
+                await self._on_redis_failure(reason)
             return Charge(True)
         await self.availability.report(True, "redis_available")
         if int(allowed) == 1:
