@@ -14,5 +14,5 @@ from shared.http import endpoint
 @functions_framework.aio.http
 @endpoint(methods=("GET",), roles=(Role.SALES_MANAGER, Role.ADMIN))
 async def request_status(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
-    """The request id is the last path segment."""
-    return await load_request_status(deps, request.url.path.rstrip("/").rsplit("/", 1)[-1])
+    """The request id is the last path segment; only the caller's own requests (admins: all)."""
+    return await load_request_status(deps, principal, request.url.path.rstrip("/").rsplit("/", 1)[-1])

@@ -80,6 +80,8 @@ def run_dev(opts: DevOptions) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     services: list[tuple[str, Any]] = []
     tick: SchedulerTick | None = None
+    ready_file = opts.state_dir / f"ready-{os.getpid()}"  # the gateway's /healthz is 503 until it exists
+    ready_file.unlink(missing_ok=True)
     try:
         with contextlib.ExitStack() as stack:
             env = _environment(opts, stack, services, sup)
@@ -92,7 +94,9 @@ def run_dev(opts: DevOptions) -> int:
                 _start_consumer(sup, env)
             gateway = sup.spawn(Child(
                 "gateway", [sys.executable, "-m", "local.gateway", "--port", str(opts.port),
-                            "--upstreams", json.dumps(upstreams)],
+                            "--upstreams", json.dumps(upstreams), "--ready-file", str(ready_file),
+                            "--max-body-bytes", env.get("MAX_BODY_BYTES", str(16 * 1024)),
+                            "--body-limits", json.dumps(_body_limits())],
                 env, url=f"http://127.0.0.1:{opts.port}", health_path="/healthz"))
             for child in sup.children.values():
                 sup.wait_healthy(child, timeout=60)
@@ -107,8 +111,9 @@ def run_dev(opts: DevOptions) -> int:
             _print_table(sup, services, tick)
             sup.say(f"System Health panel (signed in for 8 h): {gateway.url}/admin/system-health#token="
                     f"{_admin_token(env, ttl_s=8 * 3600)}")
+            ready_file.touch()  # every part answered its health check: from now on /healthz says 200
             sup.say(f"READY provisioner on {gateway.url} (Ctrl-C stops everything)")
-            return _watch(sup, services)
+            return _watch(sup, services, ready_file)
     except (KeyboardInterrupt, Stop):
         sup.say("stopping ...")
         return 0
@@ -118,6 +123,7 @@ def run_dev(opts: DevOptions) -> int:
     finally:
         if tick is not None:
             tick.stopped.set()
+        ready_file.unlink(missing_ok=True)
         sup.stop_all()
         signal.signal(signal.SIGTERM, previous)
         sup.say("all processes stopped")
@@ -189,6 +195,12 @@ def _start_alert_receiver(sup: Supervisor, env: dict[str, str], state_dir: Path)
                                env["DEV_ALERTS_FILE"]], env, url=f"http://127.0.0.1:{port}", health_path="/healthz"))
 
 
+def _body_limits() -> dict[str, int]:
+    """Functions whose manifest entry sets a body cap of its own (e.g. a bulk upload)."""
+    limits = {spec.name: getattr(spec, "max_body_bytes", None) for spec in load_manifest().values()}
+    return {name: int(limit) for name, limit in limits.items() if limit}
+
+
 def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
     sup.spawn(Child("consumer", [sys.executable, "-m", "functions.consumer"],
                     {**env, "INSTANCE_NAME": "consumer/dev"}, ready_text="consumer consumer/dev started"))
@@ -232,7 +244,7 @@ def _code_stamp() -> dict[Path, float]:
     return {p: p.stat().st_mtime for d in WATCHED for p in (REPO_ROOT / d).rglob("*.py")}
 
 
-def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
+def _watch(sup: Supervisor, services: list[tuple[str, Any]], ready_file: Path) -> int:
     stamp = _code_stamp()
     down: set[str] = set()
     while True:
@@ -242,7 +254,9 @@ def _watch(sup: Supervisor, services: list[tuple[str, Any]]) -> int:
                              | {str(p.relative_to(REPO_ROOT)) for p in current if stamp.get(p) != current[p]})
             stamp = current
             sup.say(f"code changed ({', '.join(changed[:5])}): reloading the functions and the consumer ...")
+            ready_file.unlink(missing_ok=True)  # /healthz says 503 while parts restart
             sup.restart([n for n in sup.children if n != "gateway"])
+            ready_file.touch()
             sup.say("reloaded")
         dead = sup.first_dead()
         if dead is not None:

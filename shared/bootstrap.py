@@ -20,11 +20,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared import db
 from shared.breaker import CircuitBreaker
+from shared.email_rate import EmailRate
 from shared.health import Level, record_detached
 from shared.mailer import Mailer
 from shared.queueing import JobQueue, request_path_client
+from shared.quota import CreationQuota
 from shared.settings import Settings, get_settings
 from shared.traffic import ModeCache
+from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Deps:
     source: str
 
     consumers: ConsumerWatch
+    quota: CreationQuota
 
     async def fallback_reason(self) -> str | None:
         """Why this instance must not use the queue right now (None: it may).
@@ -109,10 +113,30 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
 
     breaker = CircuitBreaker(probe, on_transition, open_s=settings.breaker_open_s,
                              probe_interval_s=settings.breaker_probe_interval_s)
+
+    def redis_usable() -> bool:
+        return not breaker.is_open
+
+    # Shared counters live under the queue's prefix (next to the heartbeats), keyed by hashes only.
+    counters = f"{settings.queue_prefix}:{settings.queue_name}:provisioner"
+    quota = CreationQuota(queue.client, counters, settings.create_quota_per_minute, Transitions(
+        pool, source, "quota_unavailable", "creation quota not enforced: Redis cannot be read (failing open)",
+        "quota_restored", "creation quota enforced again"), redis_usable=redis_usable,
+        on_redis_failure=breaker.failure)
+    mailer = mailer or Mailer(settings)
+    mailer.rate = EmailRate(
+        queue.client, f"{counters}:email-rate", settings.email_rate_per_s, redis_usable=redis_usable,
+        on_redis_failure=breaker.failure,
+        availability=Transitions(pool, source, "email_rate_unavailable",
+                                 "welcome-email rate not enforced: Redis cannot be read (failing open)",
+                                 "email_rate_restored", "welcome-email rate enforced again"),
+        saturation=Transitions(pool, source, "email_rate_saturated",
+                               "welcome emails wait in the outbox: the sending rate is reached",
+                               "email_rate_clear", "welcome emails flow at the sending rate again"))
     return Deps(settings=settings, pool=pool, queue=queue, breaker=breaker,
                 mode_cache=ModeCache(pool, settings.mode_cache_ttl_s),
-                mailer=mailer or Mailer(settings), source=source,
-                consumers=ConsumerWatch(queue, settings.consumer_check_ttl_s, on_consumers))
+                mailer=mailer, source=source,
+                consumers=ConsumerWatch(queue, settings.consumer_check_ttl_s, on_consumers), quota=quota)
 
 
 class ConsumerWatch:

@@ -12,18 +12,19 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from shared import db, health, tracing
-from shared.auth import Principal
+from shared.auth import Principal, Role
 from shared.bootstrap import Deps
 from shared.errors import (
     CreationFailed,
     IdempotencyKeyReused,
     InvalidInput,
     NotFound,
+    RateLimited,
     RequestInProgress,
     UserExists,
 )
 from shared.health import Level
-from shared.models import CreateUserCommand, TrafficMode
+from shared.models import CreateUserCommand, TrafficMode, is_request_id
 from shared.outbox import deliver_pending
 from shared.provisioning import Outcome, provision
 
@@ -81,7 +82,28 @@ def validate_idempotency_key(key: str | None) -> str | None:
 
 async def create_user_request(deps: Deps, principal: Principal, command: CreateUserCommand,
                               idempotency_key: str | None) -> Answer:
-    """Accept a creation request: 202 queued, or 201 created in the request (kill switch or fallback)."""
+    """Accept a creation request: 202 queued, or 201 created in the request (kill switch or fallback).
+
+    Counted against the caller's quota first (429 and nothing written when over it); the count is given back
+    when the request is not accepted after all (a replay, a conflict, an error).
+    """
+    charge = await deps.quota.charge(principal.subject)
+    if not charge.allowed:
+        raise RateLimited(f"more than {deps.quota.limit} creation requests in 60 s from this caller; "
+                          f"retry in {charge.retry_after_s} s", retry_after_s=charge.retry_after_s)
+    try:
+        answer, accepted = await _accept(deps, principal, command, idempotency_key)
+    except Exception:
+        await deps.quota.refund(charge)
+        raise
+    if not accepted:
+        await deps.quota.refund(charge)
+    return answer
+
+
+async def _accept(deps: Deps, principal: Principal, command: CreateUserCommand,
+                  idempotency_key: str | None) -> tuple[Answer, bool]:
+    """(the answer, whether a new request was accepted: False for a replay)."""
     mode = (await deps.mode_cache.current()).mode
     fallback_reason = await deps.fallback_reason() if mode is TrafficMode.ASYNC_QUEUE else None
     use_queue = mode is TrafficMode.ASYNC_QUEUE and fallback_reason is None
@@ -89,7 +111,7 @@ async def create_user_request(deps: Deps, principal: Principal, command: CreateU
     request_id, replay = await _record_request(deps, principal, command, idempotency_key,
                                                queued=use_queue, fallback_reason=fallback_reason)
     if replay is not None:
-        return await _replay(deps, replay)
+        return await _replay(deps, replay), False
 
     if use_queue:
         try:
@@ -100,11 +122,11 @@ async def create_user_request(deps: Deps, principal: Principal, command: CreateU
             await deps.breaker.failure(f"{fallback_reason}: {type(exc).__name__}")
             await _mark_fallback(deps, request_id, fallback_reason)
         else:
-            return _queued_answer(deps, request_id)
+            return _queued_answer(deps, request_id), True
 
     outcome = await provision(deps.pool, request_id, source=deps.source,
                               via="fallback" if fallback_reason else "sync")
-    return await _created_answer(deps, request_id, outcome, fallback=fallback_reason is not None)
+    return await _created_answer(deps, request_id, outcome, fallback=fallback_reason is not None), True
 
 
 async def _record_request(deps: Deps, principal: Principal, command: CreateUserCommand,
@@ -207,15 +229,19 @@ async def _created_answer(deps: Deps, request_id: str, outcome: Outcome, *, fall
                         "fallback": fallback, "user": outcome.user})
 
 
-async def request_status(deps: Deps, request_id: str) -> dict[str, Any]:
-    """The public state of a creation request."""
-    if not request_id or len(request_id) > 100:
+async def request_status(deps: Deps, principal: Principal, request_id: str) -> dict[str, Any]:
+    """The public state of a creation request: a sales manager sees only the requests it made (another
+    caller's is a 404, as if it did not exist); an admin sees every one."""
+    if not is_request_id(request_id):
         raise NotFound("no such creation request")
+    # Admins see all; anyone else only its own (the NULL skips the condition).
+    actor = None if principal.role is Role.ADMIN else principal.subject
     try:
         async with db.connection(deps.pool) as conn:
             cur = await conn.execute(
                 "SELECT id, status, mode, fallback, attempts, user_id, error_code, error, created_at,"
-                " updated_at FROM creation_requests WHERE id = %s", (request_id,))
+                " updated_at FROM creation_requests WHERE id = %s AND (%s::text IS NULL OR actor = %s)",
+                (request_id, actor, actor))
             row = await cur.fetchone()
     except psycopg.DataError:
         row = None

@@ -62,6 +62,17 @@ class PayloadTooLarge(DomainError):
     status, code = 413, "payload_too_large"
 
 
+class RateLimited(DomainError):
+    """Too many requests from one caller; `Retry-After` says in whole seconds when one more fits."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": str(max(1, retry_after_s))})
+        kw.setdefault("details", {"retry_after_s": max(1, retry_after_s)})
+        super().__init__(message, **kw)
+
+
 class DatabaseUnavailable(DomainError):
     status, code = 503, "database_unavailable"
 

@@ -20,18 +20,32 @@ from shared.models import validation_details
 
 log = logging.getLogger(__name__)
 
+# On every API answer: browsers keep to https for two years, and nothing (proxy or browser) stores an answer
+# that may carry addresses or tokens.
+API_HEADERS = {"Strict-Transport-Security": "max-age=63072000; includeSubDomains", "Cache-Control": "no-store"}
+
 Handler = Callable[[Request, Deps, Principal], Awaitable[Response | dict[str, Any]]]
 
 
 def error_response(err: DomainError) -> JSONResponse:
     """The contract's JSON error body with the error's status and headers."""
-    return JSONResponse(err.to_body(), status_code=err.status, headers=err.headers)
+    return JSONResponse(err.to_body(), status_code=err.status, headers={**API_HEADERS, **err.headers})
+
+
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "")
+    # str.isdigit() is true for "²" too: only ASCII digits are a length.
+    return int(declared) if declared.isascii() and declared.isdigit() and len(declared) < 20 else None
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """The JSON body; 413 past `max_bytes` (checked before and while reading), 422 when not JSON."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    """The JSON body; 413 past `max_bytes` (checked before and while reading), 422 when not JSON.
+
+    Every way a body can fail to parse is a 422: invalid UTF-8, bad syntax, nesting deeper than the parser's
+    recursion limit, and integers longer than Python's 4,300-digit conversion limit.
+    """
+    declared = _declared_length(request)
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -42,7 +56,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks) or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidInput("the body is not valid JSON", details=[{"field": "body", "message": "invalid JSON"}]) \
             from None
 
@@ -86,8 +100,11 @@ def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[
             except Exception:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 return JSONResponse({"error": {"code": "internal_error", "message": "internal error",
-                                               "details": None}}, status_code=500)
-            return result if isinstance(result, Response) else JSONResponse(result)
+                                               "details": None}}, status_code=500, headers=API_HEADERS)
+            response = result if isinstance(result, Response) else JSONResponse(result)
+            for name, value in API_HEADERS.items():
+                response.headers.setdefault(name, value)
+            return response
 
         return wrapped
 

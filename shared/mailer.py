@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.email_rate import EmailRate
 
 
 class Mailer:
@@ -17,6 +20,8 @@ class Mailer:
         self._settings = settings
         self._client = client
         self._lock = threading.Lock()
+        # The system-wide sending rate, set by the composition root (None: no limit, e.g. a bare script).
+        self.rate: EmailRate | None = None
 
     def _ses(self) -> Any:
         with self._lock:  # sends run in worker threads; build the client once

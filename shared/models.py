@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -89,6 +89,23 @@ class LogQuery(BaseModel):
     level: Annotated[str, Field(pattern=r"^(INFO|WARNING|ERROR|SWITCH)$")] | None = None
     after_id: Annotated[int, Field(ge=0)] | None = None
     before_id: Annotated[int, Field(ge=1)] | None = None  # pages back through older events
+
+
+class RequestListQuery(BaseModel):
+    """Filters of the admin's list of creation requests (query values parsed like a body: ASCII digits only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["queued", "processing", "created", "failed"] = "failed"
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def is_request_id(value: str) -> bool:
+    """Whether `value` can be a request id at all (anything else is answered 404 without a query)."""
+    return REQUEST_ID.fullmatch(value) is not None
 
 
 def validation_details(errors: list[Any]) -> list[dict[str, Any]]:

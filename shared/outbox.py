@@ -37,6 +37,7 @@ class DeliveryReport:
     sent: int = 0
     failed: int = 0
     gave_up: int = 0
+    deferred: int = 0  # left in the outbox: the global sending rate had no slot in time
 
 
 def hash_token(token: str) -> str:
@@ -50,9 +51,14 @@ def _retry_delay(attempts: int) -> timedelta:
 
 async def deliver_pending(pool: AsyncConnectionPool, mailer: Mailer, settings: Settings, *,
                           source: str, user_id: Any = None, limit: int = 20) -> DeliveryReport:
-    """Send due outbox emails (only `user_id`'s when given), each in its own transaction."""
+    """Send due outbox emails (only `user_id`'s when given), each in its own transaction, each after taking a
+    slot of the system-wide sending rate (`shared.email_rate`); none in time: the rest wait for a later pass."""
     report = DeliveryReport()
     for _ in range(limit):
+        # Taken before any row is locked, so no connection is held while waiting for a slot.
+        if mailer.rate is not None and not await mailer.rate.wait_for_slot(settings.email_rate_wait_s):
+            report.deferred += 1
+            break
         async with db.connection(pool) as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT o.id, o.user_id, o.request_id, o.attempts, u.email, u.full_name"

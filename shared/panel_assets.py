@@ -1,4 +1,8 @@
-"""The System Health panel's static files (plain HTML/CSS/JS shipped in the package: no CDN, no build step)."""
+"""The System Health panel's static files (plain HTML/CSS/JS shipped in the package: no CDN, no build step).
+
+Every file is read once, on the first request, into a fixed map: a request for anything else is a lookup that
+misses and stores nothing, so however many distinct names callers try, memory does not grow.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
 
 
 @functools.cache
+def assets() -> dict[str, tuple[bytes, str]]:
+    """Every servable panel file by name: (content, content type). Built once per process."""
+    return {path.name: (path.read_bytes(), CONTENT_TYPES[path.suffix.lower()])
+            for path in sorted(PANEL_DIR.iterdir())
+            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in CONTENT_TYPES}
+
+
 def asset(name: str) -> tuple[bytes, str] | None:
     """(content, content type) of a panel file, or None; only plain file names inside the panel folder."""
-    if "/" in name or "\\" in name or name.startswith(".") or not name:
-        return None
-    path = PANEL_DIR / name
-    suffix = path.suffix.lower()
-    if suffix not in CONTENT_TYPES or not path.is_file():
-        return None
-    return path.read_bytes(), CONTENT_TYPES[suffix]
+    return assets().get(name)

@@ -44,7 +44,12 @@ class StartGate:
             return None
         member = uuid.uuid4().hex
         while True:
-            wait_ms, now_ms = await self._script(keys=[self.key], args=[self.max_starts, self.duration_ms, member])
-            if int(wait_ms) == 0:
-                return int(now_ms)
-            await asyncio.sleep(int(wait_ms) / 1000)
+            wait_ms, now_ms = await self.try_acquire(member)
+            if wait_ms == 0:
+                return now_ms
+            await asyncio.sleep(wait_ms / 1000)
+
+    async def try_acquire(self, member: str) -> tuple[int, int]:
+        """One attempt, one round trip: (0, Redis time in ms) when `member` got a slot, else (ms to wait, _)."""
+        wait_ms, now_ms = await self._script(keys=[self.key], args=[self.max_starts, self.duration_ms, member])
+        return int(wait_ms), int(now_ms)

@@ -11,7 +11,7 @@ from shared.auth import Principal
 from shared.bootstrap import Deps
 from shared.errors import InvalidInput, NotFound, RequestInProgress
 from shared.health import Level, record
-from shared.models import TrafficMode
+from shared.models import TrafficMode, is_request_id
 from shared.provisioning import provision
 
 STATUSES = ("queued", "processing", "created", "failed")
@@ -36,6 +36,8 @@ async def list_requests(deps: Deps, status: str, limit: int) -> list[dict[str, A
 
 async def retry_request(deps: Deps, principal: Principal, request_id: str, reason: str) -> dict[str, Any]:
     """Put a failed request back on the normal path: the queue when it may be used, else created now."""
+    if not is_request_id(request_id):
+        raise NotFound("no such creation request")
     try:
         async with db.connection(deps.pool) as conn, conn.transaction():
             cur = await conn.execute(

@@ -5,11 +5,16 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from pydantic import AnyUrl, Field, HttpUrl, PostgresDsn, RedisDsn, SecretStr, field_validator, model_validator
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import AnyUrl, Field, HttpUrl, RedisDsn, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The development placeholder: Settings refuses it when APP_ENV is production (explained bandit finding).
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0000"  # noqa: S105  # nosec B105
+DEV_SET_PASSWORD_URL = "http://127.0.0.1:8080/set-password"  # noqa: S105  # nosec B105 (a page, not a secret)
+# Words that mark a secret someone forgot to replace (refused in production, whatever its length).
+_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "placeholder", "replace-me", "replaceme", "dev-only",
+                      "example", "your-secret", "insecure", "default")
 
 Environment = Literal["development", "test", "production"]
 
@@ -17,10 +22,12 @@ Environment = Literal["development", "test", "production"]
 class Settings(BaseSettings):
     """Everything configurable, with the seed system's defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a refused DATABASE_URL or secret must not be echoed into a log by the error.
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
 
     app_env: Environment = Field("production", alias="APP_ENV")
-    database_url: PostgresDsn = Field(alias="DATABASE_URL")
+    # Any libpq connection string: URI (also `postgresql://user@/db?host=/cloudsql/p:r:i`) or `key=value` form.
+    database_url: str = Field(alias="DATABASE_URL")
     redis_url: RedisDsn = Field(alias="REDIS_URL")
     auth_jwt_secret: SecretStr = Field(SecretStr(DEV_JWT_SECRET), alias="AUTH_JWT_SECRET")
     jwt_audience: str = Field("authenticated", alias="AUTH_JWT_AUDIENCE")
@@ -29,13 +36,22 @@ class Settings(BaseSettings):
     oidc_jwks_url: str = Field("https://www.googleapis.com/oauth2/v3/certs", alias="OIDC_JWKS_URL")
     oidc_issuers: tuple[str, ...] = Field(("https://accounts.google.com", "accounts.google.com"),
                                          alias="OIDC_ISSUERS")
+    # The audience the scheduler's OIDC token must carry: the cleanup function's URL. Empty: refuse every one.
+    oidc_audience: str = Field("", alias="OIDC_AUDIENCE")
 
     ses_endpoint_url: AnyUrl | None = Field(None, alias="AWS_ENDPOINT_URL_SES")
     aws_region: str = Field("us-east-1", alias="AWS_REGION")
     email_sender: str = Field("no-reply@provisioner.local", alias="EMAIL_SENDER")
-    set_password_url: str = Field("http://127.0.0.1:8080/set-password", alias="SET_PASSWORD_URL")
+    # Required (https) in production; development falls back to the local gateway's page.
+    set_password_url: str = Field("", alias="SET_PASSWORD_URL")
     set_password_ttl_hours: int = Field(72, alias="SET_PASSWORD_TTL_HOURS", ge=1)
     email_send_timeout_s: float = Field(5.0, alias="EMAIL_SEND_TIMEOUT_S", gt=0)
+    # SES' sending quota (14/s is SES' production default): one rate for every sender together; 0: no limit.
+    email_rate_per_s: int = Field(14, alias="EMAIL_RATE_PER_S", ge=0)
+    # How long the sync path waits for a sending slot before leaving the email to the outbox pass.
+    email_rate_wait_s: float = Field(1.0, alias="EMAIL_RATE_WAIT_S", ge=0, le=30)
+    # Accepted creations per caller (`sub`) in any 60 s, across every instance; 0: no limit.
+    create_quota_per_minute: int = Field(120, alias="CREATE_QUOTA_PER_MINUTE", ge=0)
 
     queue_name: str = Field("user-creation", alias="QUEUE_NAME", pattern=r"^[A-Za-z0-9_{}-]+$")
     queue_prefix: str = Field("bull", alias="QUEUE_PREFIX", pattern=r"^[A-Za-z0-9_{}-]+$")
@@ -90,20 +106,49 @@ class Settings(BaseSettings):
     def _empty_webhook_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _libpq_connection_string(cls, value: str) -> str:
+        try:
+            parts = conninfo_to_dict(value)
+        except Exception:
+            # libpq's own message may quote the string (and a password in it): name the variable only.
+            raise ValueError("DATABASE_URL is not a libpq connection string (a postgresql:// URI or "
+                             "key=value pairs)") from None
+        if not parts:
+            raise ValueError("DATABASE_URL is empty")
+        return value
+
     @model_validator(mode="after")
-    def _refuse_dev_secret_outside_development(self) -> Settings:
+    def _refuse_unsafe_production_values(self) -> Settings:
+        if self.app_env != "production":
+            if not self.set_password_url:
+                self.set_password_url = DEV_SET_PASSWORD_URL
+            return self
         secret = self.auth_jwt_secret.get_secret_value()
-        if self.app_env == "production" and (secret == DEV_JWT_SECRET or len(secret) < 32):
+        if secret == DEV_JWT_SECRET or len(secret) < 32 or is_placeholder(secret):
             raise ValueError(
-                "AUTH_JWT_SECRET is the development placeholder or shorter than 32 characters; "
+                "AUTH_JWT_SECRET is a placeholder or shorter than 32 characters; "
                 "set a real secret (or APP_ENV=development for local use)"
             )
+        if not self.set_password_url.startswith("https://") or len(self.set_password_url) <= len("https://"):
+            raise ValueError("SET_PASSWORD_URL must be set to an https:// URL in production (the link in every "
+                             "welcome email)")
+        if self.scheduler_service_account and not self.oidc_audience:
+            raise ValueError("OIDC_AUDIENCE must be set (the cleanup function's URL) when "
+                             "SCHEDULER_SERVICE_ACCOUNT is set")
         return self
 
     @property
     def is_development(self) -> bool:
         """True for the local emulation and the test suite."""
         return self.app_env != "production"
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for a secret nobody chose: a known placeholder word, or too few distinct characters."""
+    lowered = secret.lower()
+    return any(word in lowered for word in _PLACEHOLDER_WORDS) or len(set(secret)) < 10
 
 
 @functools.cache

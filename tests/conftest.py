@@ -23,7 +23,7 @@ from shared.bootstrap import Deps, open_deps
 from shared.mailer import Mailer
 from shared.settings import Settings
 from tests.support.proxy import FaultProxy
-from tests.support.stack import TEST_JWT_SECRET, Stack, running_stack
+from tests.support.stack import TEST_JWT_SECRET, TEST_LIMITS, Stack, running_stack
 
 TABLES = "users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs"
 
@@ -44,6 +44,7 @@ def make_settings(stack: Stack, **overrides: Any) -> Settings:
         "AWS_ENDPOINT_URL_SES": stack.ses_url,
         "BREAKER_OPEN_S": 0.5,
         "BREAKER_PROBE_INTERVAL_S": 0.1,
+        **TEST_LIMITS,
     }
     values.update(overrides)
     return Settings(**values)

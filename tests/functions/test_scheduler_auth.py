@@ -16,6 +16,7 @@ from shared import bootstrap
 from tests.conftest import auth
 
 SCHEDULER = "provisioner-scheduler@proj.iam.gserviceaccount.com"
+AUDIENCE = "https://cleanup.example"
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +45,17 @@ def google_keys() -> Iterator[tuple[object, str]]:
 
 
 def oidc(key: object, **claims: object) -> str:
-    base = {"iss": "https://accounts.google.com", "aud": "https://cleanup.example", "email": SCHEDULER,
+    base = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "email": SCHEDULER,
             "email_verified": True, "sub": "1234", "iat": int(time.time()), "exp": int(time.time()) + 300}
     base.update(claims)
+    base = {k: v for k, v in base.items() if v is not None}  # a claim given as None is left out
     return jwt.encode(base, key, algorithm="RS256", headers={"kid": "k1"})
 
 
 @pytest.fixture
 async def scheduled(deps, deps_factory, google_keys):
     key, url = google_keys
-    instance = await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url)
+    instance = await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url, OIDC_AUDIENCE=AUDIENCE)
     bootstrap.install(instance)
     yield key
 
@@ -68,10 +70,19 @@ async def test_scheduler_oidc_token_runs_the_cleanup(call, scheduled):
     ({"email_verified": False}, 403),
     ({"iss": "https://evil.example"}, 401),
     ({"exp": int(time.time()) - 60}, 401),
+    ({"aud": "https://another-function.example"}, 401),
+    ({"aud": None}, 401),
 ])
 async def test_other_oidc_tokens_are_refused(call, scheduled, claims, status):
     r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(oidc(scheduled, **claims)))
     assert r.status_code == status
+
+
+async def test_no_configured_audience_accepts_no_scheduler_token(call, deps, deps_factory, google_keys):
+    key, url = google_keys
+    bootstrap.install(await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url))
+    r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(oidc(key)))
+    assert r.status_code == 401
 
 
 async def test_a_token_signed_by_another_key_is_refused(call, scheduled):

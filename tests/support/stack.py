@@ -23,6 +23,9 @@ from local.ses_emulator import SesEmulator
 from shared.db import apply_migrations
 
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
+# Many tests create hundreds of users from one caller within seconds: the per-caller quota and the email rate
+# are lifted for them; the tests of those two limits (tests/functions/test_quota.py) set them low again.
+TEST_LIMITS = {"CREATE_QUOTA_PER_MINUTE": "100000", "EMAIL_RATE_PER_S": "10000"}
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Stack:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_REGION": "us-east-1",
+            **TEST_LIMITS,
         }
 
 

@@ -54,7 +54,8 @@ def test_dev_secret_is_refused_outside_development():
     with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
         Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="short")
     assert Settings(**URLS, APP_ENV="development").auth_jwt_secret.get_secret_value() == DEV_JWT_SECRET
-    assert Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="p" * 40).app_env == "production"
+    assert Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="Zq8-vR2mXw5tLk9PbN3cYh7Gf1Ds4Aj6Ue0Io",
+                    SET_PASSWORD_URL="https://app.example.com/set-password").app_env == "production"
 
 
 def test_secret_is_not_printed():
@@ -92,7 +93,7 @@ def test_a_remembered_token_still_expires_and_another_secret_does_not_reuse_it()
     token = issue_token(settings, role=Role.ADMIN, subject="short", ttl_s=1)
     assert authenticate(f"Bearer {token}", settings).subject == "short"
     assert authenticate(f"Bearer {token}", settings).subject == "short"  # now from the per-instance memory
-    rotated = Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="r" * 40)
+    rotated = Settings(**URLS, APP_ENV="development", AUTH_JWT_SECRET="rotated-" + "r" * 40)
     with pytest.raises(Unauthorized):
         authenticate(f"Bearer {token}", rotated)
     _time.sleep(1.1)
