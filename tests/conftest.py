@@ -22,6 +22,7 @@ from shared.auth import Role, issue_token
 from shared.bootstrap import Deps, open_deps
 from shared.mailer import Mailer
 from shared.settings import Settings
+from tests.support.processes import ConsumerProcess
 from tests.support.proxy import FaultProxy
 from tests.support.stack import TEST_JWT_SECRET, Stack, running_stack
 
@@ -120,6 +121,15 @@ async def deps(session_deps: Deps, stack: Stack) -> AsyncIterator[Deps]:
     bootstrap.install(session_deps)
     yield session_deps
     bootstrap.install(None)
+
+
+@pytest.fixture
+def consumers() -> Iterator[list[ConsumerProcess]]:
+    """Real consumer processes a test starts (`start_consumer(consumers, ...)`); stopped by PID afterwards."""
+    started: list[ConsumerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture

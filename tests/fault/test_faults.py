@@ -6,7 +6,6 @@ import asyncio
 import collections
 import signal
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -32,14 +31,6 @@ SALES = Principal("sales-1", Role.SALES_MANAGER)
 
 def cmd(email: str) -> CreateUserCommand:
     return CreateUserCommand(email=email, full_name="Fault Test")
-
-
-@pytest.fixture
-def consumers(stack, tmp_path: Path):
-    started: list[ConsumerProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def duplicates(db) -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,15 +21,6 @@ pytestmark = pytest.mark.slow
 SALES = Principal("sales-1", Role.SALES_MANAGER)
 FAST_RECOVERY = {"CONSUMER_LOCK_MS": "2000", "CONSUMER_STALLED_INTERVAL_MS": "1000", "CONSUMER_HEARTBEAT_S": "0.5",
                  "RECONCILE_GRACE_S": "0", "RECONCILE_INTERVAL_S": "1", "CONSUMER_SHUTDOWN_GRACE_S": "10"}
-
-
-@pytest.fixture
-def consumers(stack, tmp_path: Path) -> Iterator[list[ConsumerProcess]]:
-    """Start with `consumers.append(ConsumerProcess(...).start(...))`; all are stopped by PID afterwards."""
-    started: list[ConsumerProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def start_consumer(consumers, stack, tmp_path, env=None, **overrides) -> ConsumerProcess:
