@@ -21,7 +21,8 @@ SALES = Principal("sales-1", Role.SALES_MANAGER)
 
 async def test_switch_reaches_another_instance_within_2s(deps, deps_factory):
     a = await deps_factory(MODE_CACHE_TTL_S=1.0)
-    b = await deps_factory(MODE_CACHE_TTL_S=1.0)
+    b = await deps_factory(MODE_CACHE_TTL_S=1.0, NO_CONSUMER_FALLBACK=False)  # no consumer runs: only the switch
+    # may turn b's answers into 201s
     first = await create_user_request(b, SALES, CreateUserCommand(email="p0@example.com", full_name="P"), None)
     assert first.status == 202  # b has now cached async_queue
     await set_mode(a.pool, SetModeCommand(mode=TrafficMode.SYNC_DIRECT, reason="propagation test"),
