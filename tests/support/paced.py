@@ -33,6 +33,7 @@ async def paced_load(urls: list[str], token: str, *, total: int, rate: float, co
     latencies: list[float] = []
     codes: dict[int, int] = {}
     errors: dict[str, int] = {}
+    accepted: list[str] = []
     next_index = iter(range(total))
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
@@ -42,15 +43,18 @@ async def paced_load(urls: list[str], token: str, *, total: int, rate: float, co
             for i in next_index:
                 await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
                 t = time.perf_counter()
+                address = f"{prefix}-{i}@example.com"
                 try:
                     r = await http.post(urls[i % len(urls)] + "/api/users",
                                         headers={"Authorization": f"Bearer {token}"},
-                                        json={"email": f"{prefix}-{i}@example.com", "full_name": f"Load {i}"})
+                                        json={"email": address, "full_name": f"Load {i}"})
                 except httpx.HTTPError as err:
                     errors[type(err).__name__] = errors.get(type(err).__name__, 0) + 1
                     continue
                 latencies.append(time.perf_counter() - t)
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                if r.status_code in (201, 202):
+                    accepted.append(address)
 
         await asyncio.gather(*(sender() for _ in range(connections)))
         elapsed = time.perf_counter() - started
@@ -60,7 +64,7 @@ async def paced_load(urls: list[str], token: str, *, total: int, rate: float, co
             "target_rate": rate, "achieved_rate": answered / elapsed if elapsed > 0 else 0.0,
             "p50_ms": 1000 * nearest_rank(latencies, 50) if latencies else None,
             "p99_ms": 1000 * nearest_rank(latencies, 99) if latencies else None,
-            "addresses": [f"{prefix}-{i}@example.com" for i in range(total)]}
+            "addresses": [f"{prefix}-{i}@example.com" for i in range(total)], "accepted": accepted}
 
 
 def main() -> None:
