@@ -142,7 +142,6 @@ class Ctx:
         """`count` creation requests through `shared.creation.create_user_request`; every answer must be 202."""
         deps = await self.deps()
         deps.mode_cache.invalidate()
-        deps.consumers.forget()
         principal = Principal(subject="bench-sales", role=Role.SALES_MANAGER)
         tag = uuid.uuid4().hex[:8]
         ids: list[str] = []

@@ -21,6 +21,7 @@ from shared.auth import Role, issue_token
 from shared.bootstrap import Deps, open_deps
 from shared.mailer import Mailer
 from shared.settings import Settings
+from shared.traffic import ModeCache
 from tests.support.processes import ConsumerProcess
 from tests.support.proxy import FaultProxy
 from tests.support.stack import TEST_JWT_SECRET, Stack, running_stack
@@ -100,16 +101,20 @@ def _wipe(stack: Stack) -> None:
         client.close()
 
 
+def use_deps(monkeypatch: pytest.MonkeyPatch, deps: Deps) -> None:
+    """Make `deps` what the functions' `get_deps()` returns for the rest of this test (undone afterwards): the
+    composition root's per-process cache, set from outside instead of through a test-only hook in shared/."""
+    monkeypatch.setattr(bootstrap, "_deps", deps)
+
+
 @pytest.fixture
-async def deps(session_deps: Deps, stack: Stack) -> AsyncIterator[Deps]:
-    """Clean database and queue, a closed breaker and a fresh mode cache, installed for the functions."""
+async def deps(session_deps: Deps, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Deps]:
+    """Clean database and queue, a closed breaker and a fresh mode cache, used by the functions."""
     _wipe(stack)
     await session_deps.breaker.close()
-    session_deps.mode_cache.invalidate()
-    session_deps.consumers.forget()
-    bootstrap.install(session_deps)
+    session_deps.mode_cache = ModeCache(session_deps.pool, session_deps.settings.mode_cache_ttl_s)
+    use_deps(monkeypatch, session_deps)
     yield session_deps
-    bootstrap.install(None)
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared import bootstrap
-from tests.conftest import auth
+from tests.conftest import auth, use_deps
 
 SCHEDULER = "provisioner-scheduler@proj.iam.gserviceaccount.com"
 
@@ -51,10 +50,10 @@ def oidc(key: object, **claims: object) -> str:
 
 
 @pytest.fixture
-async def scheduled(deps, deps_factory, google_keys):
+async def scheduled(deps, deps_factory, google_keys, monkeypatch):
     key, url = google_keys
     instance = await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url)
-    bootstrap.install(instance)
+    use_deps(monkeypatch, instance)
     yield key
 
 

@@ -11,7 +11,7 @@ from shared.errors import DatabaseUnavailable
 from shared.models import CreateUserCommand, SetModeCommand, TrafficMode
 from shared.provisioning import provision
 from shared.traffic import set_mode
-from tests.conftest import auth
+from tests.conftest import auth, use_deps
 from tests.functions.test_create_user import BODY
 from tests.support.pii import find_secrets
 from tests.support.stack import TEST_JWT_SECRET
@@ -74,11 +74,10 @@ async def test_fallback_consumer_and_retry_race_make_one_user(deps, db):
     assert db.execute("SELECT count(*) AS n FROM email_outbox").fetchone()["n"] == 1
 
 
-async def test_postgres_unreachable_is_503_with_retry_after_and_nothing_queued(deps, deps_factory, call, tokens):
-    from shared import bootstrap
-
+async def test_postgres_unreachable_is_503_with_retry_after_and_nothing_queued(deps, deps_factory, call, tokens,
+                                                                                monkeypatch):
     broken = await deps_factory(DATABASE_URL="postgresql://postgres@127.0.0.1:9/none", DB_TIMEOUT_S=0.5)
-    bootstrap.install(broken)
+    use_deps(monkeypatch, broken)
     r = await call("create_user", "POST", "/api/users", headers=auth(tokens["sales_manager"]), json=BODY)
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "database_unavailable" and r.headers["retry-after"]
