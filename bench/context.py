@@ -28,7 +28,6 @@ from shared.settings import Settings
 from tests.support.stack import Stack
 
 TABLES = "users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs"
-PRETEND_CONSUMER = "bench-pretend-consumer"
 BENCH = Path(__file__).resolve().parent
 
 
@@ -46,7 +45,9 @@ class Ctx:
     _deps: Deps | None = None
 
     def __post_init__(self) -> None:
-        self.env = self.stack.env()
+        # The request-path cases measure the queue path with no consumer running: `NO_CONSUMER_FALLBACK=false`
+        # (a real setting) keeps it on the queue, instead of any pretend heartbeat. Consumer cases run real ones.
+        self.env = {**self.stack.env(), "NO_CONSUMER_FALLBACK": "false"}
         self.settings = Settings(**self.env)  # type: ignore[arg-type]  # pydantic parses the strings
         self.tokens = {
             "sales": issue_token(self.settings, role=Role.SALES_MANAGER, subject="bench-sales"),
@@ -70,8 +71,7 @@ class Ctx:
             yield conn
 
     def wipe(self) -> None:
-        """Empty every table, put the switch back to async_queue, delete the run's queue keys; then a pretend
-        consumer heartbeat so the create path queues (no real consumer runs unless a case starts one)."""
+        """Empty every table, put the switch back to async_queue, delete the run's queue keys."""
         with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
             # A server may still be finishing requests whose client (the load generator) has gone: wait for
             # them, or TRUNCATE's exclusive locks deadlock with their transactions.
@@ -95,19 +95,6 @@ class Ctx:
             conn.execute("UPDATE system_config SET value = 'async_queue', version = version + 1,"
                          " reason = 'bench reset', updated_by = 'bench' WHERE key = 'traffic_mode'")
         forget_keys(self.stack.redis_url, self.stack.queue_prefix)
-        self.pretend_consumer(True)
-
-    def pretend_consumer(self, alive: bool) -> None:
-        """Add (or remove) a heartbeat that stays fresh for an hour (as tests/conftest.py does)."""
-        client = redis.Redis.from_url(self.stack.redis_url)
-        key = f"{self.stack.queue_prefix}:{self.settings.queue_name}:provisioner:consumers"
-        try:
-            if alive:
-                client.zadd(key, {PRETEND_CONSUMER: int((time.time() + 3600) * 1000)})
-            else:
-                client.zrem(key, PRETEND_CONSUMER)
-        finally:
-            client.close()
 
     def set_mode_sql(self, mode: str) -> None:
         """Set the kill switch directly in the database (instances see it within MODE_CACHE_TTL_S)."""
@@ -155,7 +142,6 @@ class Ctx:
         """`count` creation requests through `shared.creation.create_user_request`; every answer must be 202."""
         deps = await self.deps()
         deps.mode_cache.invalidate()
-        deps.consumers.forget()
         principal = Principal(subject="bench-sales", role=Role.SALES_MANAGER)
         tag = uuid.uuid4().hex[:8]
         ids: list[str] = []

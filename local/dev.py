@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,15 @@ from local.ses_emulator import SesEmulator
 from local.supervisor import Child, Supervisor
 from shared.db import apply_migrations
 
-STATE_DIR = REPO_ROOT / ".local" / "dev"
+
+def default_state_dir() -> Path:
+    """Where `invoke dev` keeps PostgreSQL's and Redis' data and state.json: `PROVISIONER_STATE_DIR` when set
+    (the e2e test points it at an empty temporary folder), else `.local/dev/` in the repository."""
+    configured = os.environ.get("PROVISIONER_STATE_DIR")
+    return Path(configured) if configured else REPO_ROOT / ".local" / "dev"
+
+
+STATE_DIR = default_state_dir()
 STATE_FILE = STATE_DIR / "state.json"
 PREFERRED_PORTS = {"postgres": 55432, "redis": 56379, "ses": 55500}
 
@@ -38,7 +46,7 @@ class DevOptions:
     """What `invoke dev` was asked for."""
 
     port: int = 8080
-    state_dir: Path = STATE_DIR
+    state_dir: Path = field(default_factory=default_state_dir)
     with_consumer: bool = True
     with_scheduler: bool = True
 
@@ -61,9 +69,9 @@ def _preferred(name: str) -> int:
     return port if _port_free(port) else find_free_port()
 
 
-def read_state(state_dir: Path = STATE_DIR) -> dict[str, Any] | None:
+def read_state(state_dir: Path | None = None) -> dict[str, Any] | None:
     """What the running (or last) `invoke dev` wrote: URLs of the gateway and services."""
-    path = state_dir / "state.json"
+    path = (state_dir or default_state_dir()) / "state.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -140,12 +148,12 @@ def _environment(opts: DevOptions, stack: contextlib.ExitStack, services: list[t
     if not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         env.setdefault("TRACE_FILE", str(data / "spans.jsonl"))  # the local trace sink: `invoke traces REQUEST_ID`
     if not env.get("DATABASE_URL"):
-        sup.say("starting PostgreSQL (embedded, state in .local/dev/pg) ...")
+        sup.say(f"starting PostgreSQL (embedded, state in {data / 'pg'}) ...")
         pg = stack.enter_context(PostgresServer(data / "pg", _preferred("postgres")))
         env["DATABASE_URL"] = pg.create_database("provisioner")
         services.append(("postgres", pg))
     if not env.get("REDIS_URL"):
-        sup.say("starting Redis (noeviction, append-only file in .local/dev/redis) ...")
+        sup.say(f"starting Redis (noeviction, append-only file in {data / 'redis'}) ...")
         redis_server = stack.enter_context(RedisServer(data / "redis", _preferred("redis"), persistent=True))
         env["REDIS_URL"] = redis_server.url
         services.append(("redis", redis_server))

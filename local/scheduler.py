@@ -8,34 +8,24 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+from cronsim import CronSim, CronSimError
+
 from infra.manifest import FunctionSpec
 
 
-def _field_matches(expr: str, value: int) -> bool:
-    for part in expr.split(","):
-        step = 1
-        if "/" in part:
-            part, step_text = part.split("/", 1)
-            step = int(step_text)
-        if part == "*":
-            if value % step == 0:
-                return True
-            continue
-        if "-" in part:
-            lo, hi = (int(x) for x in part.split("-", 1))
-        else:
-            lo = hi = int(part)
-        if lo <= value <= hi and (value - lo) % step == 0:
-            return True
-    return False
-
-
 def cron_matches(expression: str, when: dt.datetime) -> bool:
-    """Minute, hour, day of month, month, day of week (0 = Sunday): numbers, ranges, lists, */n and *."""
-    minute, hour, dom, month, dow = expression.split()
-    return (_field_matches(minute, when.minute) and _field_matches(hour, when.hour)
-            and _field_matches(dom, when.day) and _field_matches(month, when.month)
-            and _field_matches(dow, (when.weekday() + 1) % 7))
+    """Whether a five-field cron expression fires at the minute of `when`, read in UTC as Cloud Scheduler's jobs
+    are deployed (`time_zone = "Etc/UTC"`); a naive `when` is taken as UTC.
+
+    Parsing is cronsim's (Vixie cron semantics: `*/n` in any field, names such as MON and JAN, 0 or 7 = Sunday,
+    day of month OR day of week when both are restricted): a hand-made parser got those wrong.
+    """
+    minute = (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).replace(second=0,
+                                                                                                 microsecond=0)
+    try:
+        return next(CronSim(expression, minute - dt.timedelta(minutes=1))) == minute
+    except CronSimError as err:
+        raise ValueError(f"bad cron expression {expression!r}: {err}") from None
 
 
 def fire(gateway: str, spec: FunctionSpec, token: str) -> int:
@@ -51,7 +41,7 @@ def fire(gateway: str, spec: FunctionSpec, token: str) -> int:
 
 
 class SchedulerTick(threading.Thread):
-    """Once a minute, fires every scheduled function whose cron expression matches that minute."""
+    """Once a minute (UTC), fires every scheduled function whose cron expression matches that minute."""
 
     def __init__(self, gateway: str, specs: list[FunctionSpec], token: Callable[[], str],
                  report: Callable[[str], None]) -> None:
@@ -62,11 +52,11 @@ class SchedulerTick(threading.Thread):
     def run(self) -> None:
         """Wait for each minute boundary, then fire what is due."""
         while not self.stopped.is_set():
-            now = dt.datetime.now()
+            now = dt.datetime.now(dt.UTC)
             wait = 60 - now.second - now.microsecond / 1e6
             if self.stopped.wait(wait):
                 return
-            minute = dt.datetime.now().replace(second=0, microsecond=0)
+            minute = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
             for spec in self.specs:
                 if spec.schedule and cron_matches(spec.schedule, minute):
                     status = fire(self.gateway, spec, self.token())

@@ -1,6 +1,7 @@
 """The composition root: builds the adapters once per process, on first use, and closes them.
 
-Functions call `await get_deps()`; tests build their own with `open_deps(settings)` and `install()`.
+Functions call `await get_deps()`; tests build their own with `open_deps(settings)` (and set them as the
+process's from a fixture).
 Nothing here runs at import.
 """
 
@@ -152,11 +153,6 @@ class ConsumerWatch:
         self._alive: bool | None = None
         self._read_at = 0.0
 
-    def forget(self) -> None:
-        """Drop the cached answer (tests)."""
-        self._alive = None
-        self._read_at = 0.0
-
     async def any_alive(self) -> bool:
         """True when at least one consumer's heartbeat is fresh; raises when Redis cannot be read."""
         now = time.monotonic()
@@ -191,8 +187,3 @@ async def get_deps() -> Deps:
             log.info("dependencies ready for %s", _deps.source)
     return _deps
 
-
-def install(deps: Deps | None) -> None:
-    """Replace the process-wide dependencies (tests)."""
-    global _deps
-    _deps = deps

@@ -56,6 +56,10 @@ class _Worker(Worker):  # type: ignore[misc]
         return job
 
 
+class JobAttemptFailed(Exception):
+    """The only error BullMQ sees for a failed attempt: the underlying type's name and a fixed message."""
+
+
 def worker_client(url: str) -> aioredis.Redis:
     """The consumer's Redis client: long enough socket timeout for blocking waits, a short retry."""
     return aioredis.Redis.from_url(
@@ -220,6 +224,12 @@ class Consumer:
         try:
             async with job_span(self.deps.pool, job):  # a child of the request's trace
                 return await self._process_one(job)
+        except UnrecoverableError:
+            raise  # raised by us with a fixed text
+        except Exception as exc:
+            # BullMQ keeps str(error) and the formatted traceback (chained causes included) in the job hash and
+            # the events stream; a PostgreSQL DETAIL can hold a whole row. Hand it the type and a fixed text.
+            raise JobAttemptFailed(f"creation attempt failed ({type(exc).__name__})") from None
         finally:
             self.in_flight -= 1
 

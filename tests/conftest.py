@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from shared.auth import Role, issue_token
 from shared.bootstrap import Deps, open_deps
 from shared.mailer import Mailer
 from shared.settings import Settings
+from shared.traffic import ModeCache
+from tests.support.processes import ConsumerProcess
 from tests.support.proxy import FaultProxy
 from tests.support.stack import TEST_JWT_SECRET, TEST_LIMITS, Stack, running_stack
 
@@ -75,7 +76,12 @@ async def deps_factory(stack: Stack) -> AsyncIterator[DepsFactory]:
 
 
 @pytest.fixture(scope="session")
-async def session_deps(settings: Settings, stack: Stack) -> AsyncIterator[Deps]:
+async def session_deps(stack: Stack) -> AsyncIterator[Deps]:
+    """The request-path instance. It queues whether or not a consumer runs (`NO_CONSUMER_FALLBACK=false`, a real
+    setting): request-path tests check what is queued, and a consumer would race them for the job. The production
+    default (no live consumer -> sync fallback) is what `deps_factory` instances get, with real consumers; see
+    tests/integration/test_consumer.py::test_no_live_consumer_falls_back_and_a_new_consumer_restores_the_queue."""
+    settings = make_settings(stack, NO_CONSUMER_FALLBACK=False)
     deps = await open_deps(settings, role="test", mailer=Mailer(settings, client=stack.ses.client()))
     await deps.pool.wait(timeout=10)
     yield deps
@@ -96,31 +102,29 @@ def _wipe(stack: Stack) -> None:
         client.close()
 
 
-PRETEND_CONSUMER = "test-consumer"
-
-
-def pretend_consumer_alive(stack: Stack) -> None:
-    """A heartbeat that stays fresh for an hour: request-path tests see a live consumer, so async mode
-    queues (202) instead of falling back for lack of one. Consumer tests remove it and run real ones."""
-    client = redis.Redis.from_url(stack.redis_url)
-    try:
-        future_ms = int((time.time() + 3600) * 1000)
-        client.zadd(f"{stack.queue_prefix}:user-creation:provisioner:consumers", {PRETEND_CONSUMER: future_ms})
-    finally:
-        client.close()
+def use_deps(monkeypatch: pytest.MonkeyPatch, deps: Deps) -> None:
+    """Make `deps` what the functions' `get_deps()` returns for the rest of this test (undone afterwards): the
+    composition root's per-process cache, set from outside instead of through a test-only hook in shared/."""
+    monkeypatch.setattr(bootstrap, "_deps", deps)
 
 
 @pytest.fixture
-async def deps(session_deps: Deps, stack: Stack) -> AsyncIterator[Deps]:
-    """Clean database and queue, a closed breaker and a fresh mode cache, installed for the functions."""
+async def deps(session_deps: Deps, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Deps]:
+    """Clean database and queue, a closed breaker and a fresh mode cache, used by the functions."""
     _wipe(stack)
-    pretend_consumer_alive(stack)
     await session_deps.breaker.close()
-    session_deps.mode_cache.invalidate()
-    session_deps.consumers.forget()
-    bootstrap.install(session_deps)
+    session_deps.mode_cache = ModeCache(session_deps.pool, session_deps.settings.mode_cache_ttl_s)
+    use_deps(monkeypatch, session_deps)
     yield session_deps
-    bootstrap.install(None)
+
+
+@pytest.fixture
+def consumers() -> Iterator[list[ConsumerProcess]]:
+    """Real consumer processes a test starts (`start_consumer(consumers, ...)`); stopped by PID afterwards."""
+    started: list[ConsumerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from bench.cases.http import (
     kill_switch_propagation,
     sync_create_1_client,
 )
+from bench.cases.paced import paced_create_rate
 from bench.cases.tracing import tracing_cost_202
 
 Case = Callable[[Any], Awaitable[dict[str, Any]]]
@@ -33,6 +34,7 @@ CASES: dict[str, Case] = {
     "rate_limit_10_per_s": rate_limit_10_per_s,
     "idle_pickup": idle_pickup,
     "kill_switch_propagation": kill_switch_propagation,
+    "paced_create_rate": paced_create_rate,
     "cold_start": cold_start,
     "tracing_cost_202": tracing_cost_202,
 }

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
 
 from local.processes import find_free_port
@@ -132,3 +136,88 @@ def test_a_dead_consumer_is_reported_loudly_and_everything_stops(stack, tmp_path
         assert "!! consumer DIED" in log and "stopping everything" in log
         _gone, alive = psutil.wait_procs(everything, timeout=10)
         assert not alive
+
+
+def _dev_port() -> int:
+    """A free port in 18100-18199 (this project's block for the e2e run of `invoke dev`)."""
+    for port in range(18100, 18200):
+        with contextlib.suppress(OSError), socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise AssertionError("no free port in 18100-18199")
+
+
+def _processes_using(state: Path) -> list[psutil.Process]:
+    """Every process of that `invoke dev` run, wherever it was reparented: it names the state folder on its
+    command line, runs in it (Redis), or inherited `PROVISIONER_STATE_DIR` (functions, consumer, gateway, moto)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if (str(state) in " ".join(process.info["cmdline"] or []) or process.cwd().startswith(str(state))
+                    or process.environ().get("PROVISIONER_STATE_DIR") == str(state)):
+                found.append(process)
+    return found
+
+
+def test_invoke_dev_with_nothing_configured_runs_its_own_servers_and_ctrl_c_leaves_nothing(tmp_path):
+    """The "only Python and pip" path: no URL set, an empty state folder; embedded PostgreSQL, Redis and moto."""
+    state = tmp_path / "state"
+    log = tmp_path / "dev.log"
+    unset = ("DATABASE_URL", "REDIS_URL", "AWS_ENDPOINT_URL_SES", "QUEUE_PREFIX", "AUTH_JWT_SECRET", "APP_ENV")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["PROVISIONER_STATE_DIR"] = str(state)
+    port = _dev_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "invoke", "dev", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_line(log, "READY", proc, timeout=180)
+        text = log.read_text()
+        assert "starting PostgreSQL" in text and "starting Redis" in text and "starting the SES" in text
+        started = json.loads((state / "state.json").read_text())
+        for url in (started["database_url"], started["redis_url"], started["ses_url"]):
+            parts = urllib.parse.urlsplit(url)
+            assert parts.hostname == "127.0.0.1" and parts.port not in (5432, 6379), url
+        settings = Settings(APP_ENV="development", DATABASE_URL=started["database_url"],
+                            REDIS_URL=started["redis_url"])  # the dev placeholder secret, as `invoke dev` uses
+        sales = {"Authorization": f"Bearer {issue_token(settings, role=Role.SALES_MANAGER, subject='e2e-own')}"}
+        address = "e2e-own-servers@example.com"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            queued = http.post("/api/users", headers=sales, json={"email": address, "full_name": "Own Servers"})
+            assert queued.status_code == 202, queued.text  # through the queue: the dev consumer is live
+            deadline = time.monotonic() + 30
+            while http.get(queued.headers["location"], headers=sales).json()["status"] != "created":
+                assert time.monotonic() < deadline, http.get(queued.headers["location"], headers=sales).text
+                time.sleep(0.2)
+        with psycopg.connect(started["database_url"]) as conn:
+            row = conn.execute("SELECT full_name, request_id FROM users WHERE email = %s", (address,)).fetchone()
+        assert row == ("Own Servers", queued.json()["request_id"])
+        # The welcome email, read through the SES emulator's own API.
+        deadline = time.monotonic() + 30
+        while True:
+            sent = httpx.get(started["ses_url"] + "/moto-api/data.json", timeout=5).json()["ses"]
+            to = [m for m in sent.get("Message", []) if address in m["destinations"]["ToAddresses"]]
+            if to:
+                break
+            assert time.monotonic() < deadline, sent
+            time.sleep(0.3)
+        assert len(to) == 1 and "/set-password?token=" in to[0]["body"]
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        servers = _processes_using(state)
+        assert len(servers) >= 10  # PostgreSQL, Redis, moto, every function, the consumer, the gateway
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground process group
+        try:
+            assert proc.wait(60) == 0, log.read_text()[-3000:]
+        except subprocess.TimeoutExpired:
+            raise AssertionError("invoke dev did not stop within 60 s of Ctrl-C") from None
+        _gone, alive = psutil.wait_procs([*family, *servers], timeout=15)
+        assert not alive, [p.pid for p in alive]
+        assert _processes_using(state) == []
+        assert "all processes stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for leftover in _processes_using(state):  # only what this test started (its own temporary folder)
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()

@@ -72,7 +72,7 @@ async def test_metrics_show_queue_switch_and_totals(call, tokens):
     assert m["mode"] == m["effective_mode"] == "async_queue"
     assert m["redis"]["available"] is True and m["redis"]["latency_ms"] >= 0
     assert m["queue"] == {"waiting": 3, "active": 0, "completed": 0, "failed": 0, "delayed": 0}
-    assert m["workers"]["alive"] == 1 and m["workers"]["items"][0]["name"] == "test-consumer"
+    assert m["workers"] == {"alive": 0, "items": []}  # none runs here; a real one: test_metrics_list_the_live_consumer
     assert m["oldest_waiting_age_s"] >= 0
     assert m["rate_limit"] == {"max": 10, "duration_ms": 1000}
     assert m["totals"]["pending"] == 3 and m["totals"]["created"] == 0

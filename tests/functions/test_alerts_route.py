@@ -7,6 +7,7 @@ import redis
 from shared.alerts import masked_target
 from shared.auth import Role, issue_token
 from tests.conftest import auth, make_settings
+from tests.integration.test_consumer import start_consumer
 
 
 async def test_viewer_reads_alerts_sales_manager_may_not(call, deps, db, tokens, settings):
@@ -34,7 +35,8 @@ async def test_watchdog_run_by_an_admin_reports_every_condition(call, deps, db, 
     assert body["database"] is True
     assert set(body["conditions"]) == {"fallback_active", "creation_failed", "email_failing", "cleanup_failing",
                                        "redis_unavailable", "no_consumer"}
-    assert body["conditions"]["redis_unavailable"] is False and body["conditions"]["no_consumer"] is False
+    # Redis answers; no consumer runs in this test while the mode is async_queue: that is the no-consumer state.
+    assert body["conditions"]["redis_unavailable"] is False and body["conditions"]["no_consumer"] is True
 
 
 def test_the_panel_sees_the_webhook_host_never_its_secret_path(stack):
@@ -44,8 +46,10 @@ def test_the_panel_sees_the_webhook_host_never_its_secret_path(stack):
     assert shown == {"webhook": "https://hooks.slack.com/***", "emails": 2}
 
 
-async def test_each_condition_fires_once_and_resolves_when_it_ends(call, deps, db, tokens, stack):
+async def test_each_condition_fires_once_and_resolves_when_it_ends(call, deps, db, tokens, stack, consumers,
+                                                                   tmp_path):
     db.execute("TRUNCATE alert_states, alert_outbox RESTART IDENTITY")
+    consumer = start_consumer(consumers, stack, tmp_path)  # a real one: the quiet start has a live consumer
 
     async def run() -> dict[str, str]:
         answer = await call("alert_watchdog", "POST", "/api/admin/system/watchdog", headers=auth(tokens["admin"]))
@@ -63,12 +67,12 @@ async def test_each_condition_fires_once_and_resolves_when_it_ends(call, deps, d
     db.execute("INSERT INTO email_outbox (user_id, request_id, attempts, last_error) VALUES (%s, 'req_fb', 2, 'X')",
                (user,))
     db.execute("INSERT INTO system_health_logs (level, event, message) VALUES ('ERROR', 'cleanup_failed', 'x')")
+    consumer.stop()  # no live consumer while the mode is async_queue
     client = redis.Redis.from_url(stack.redis_url)
     try:
-        client.delete(f"{stack.queue_prefix}:user-creation:provisioner:consumers")  # no consumer, mode async
+        client.delete(f"{stack.queue_prefix}:user-creation:provisioner:consumers")  # its heartbeat gone at once
     finally:
         client.close()
-    deps.consumers.forget()
     assert await run() == {"fallback_active": "firing", "creation_failed": "firing", "email_failing": "firing",
                            "cleanup_failing": "firing", "no_consumer": "firing"}
     assert await run() == {}  # still true: no repeat

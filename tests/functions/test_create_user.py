@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -57,7 +57,11 @@ async def test_sync_mode_creates_user_and_sends_welcome_email_without_password(c
     assert len(sent) == 1 and sent[0]["to"] == ["Alice.Example@example.com"]
     text = sent[0]["body"]
     token = text.split("token=", 1)[1].split()[0]
-    assert "password:" not in text.lower()
+    link = text.rstrip("\n").rsplit("\n", 1)[1]
+    assert list(parse_qs(urlsplit(link).query)) == ["token"]  # the link carries the one-time token, nothing else
+    # Word for word: the greeting, the one link, nothing more (so no password, whatever its shape).
+    assert text == ("Hello Alice Example,\n\nAn account was created for you. Choose your password here"
+                    f" (the link works once and expires):\n\n{link}\n")
     stored = db.execute("SELECT token_hash FROM password_setup_tokens WHERE user_id = %s", (user["id"],)).fetchall()
     assert len(stored) == 1 and token not in stored[0]["token_hash"]
     assert stored[0]["token_hash"] == hashlib.sha256(unquote(token).encode()).hexdigest()

@@ -7,9 +7,8 @@ import asyncio
 import math
 import time
 
-from shared import bootstrap
 from shared.outbox import deliver_pending
-from tests.conftest import auth, wait_until
+from tests.conftest import auth, use_deps, wait_until
 from tests.functions.test_create_user import set_mode
 
 
@@ -21,8 +20,9 @@ def count(db, sql: str, *params) -> int:
     return db.execute(sql, params).fetchone()["n"]
 
 
-async def test_over_the_quota_is_429_with_retry_after_and_writes_nothing(call, tokens, db, deps, deps_factory):
-    bootstrap.install(await deps_factory(CREATE_QUOTA_PER_MINUTE=3))
+async def test_over_the_quota_is_429_with_retry_after_and_writes_nothing(monkeypatch, call, tokens, db, deps,
+                                                                         deps_factory):
+    use_deps(monkeypatch, await deps_factory(CREATE_QUOTA_PER_MINUTE=3, NO_CONSUMER_FALLBACK=False))
     sales = auth(tokens["sales_manager"])
     for i in range(3):
         assert (await call("create_user", "POST", "/api/users", headers=sales, json=new_user(i))).status_code == 202
@@ -41,18 +41,19 @@ async def test_over_the_quota_is_429_with_retry_after_and_writes_nothing(call, t
     assert other.status_code == 202
 
 
-async def test_every_instance_shares_one_count(call, tokens, deps, deps_factory):
-    first, second = await deps_factory(CREATE_QUOTA_PER_MINUTE=4), await deps_factory(CREATE_QUOTA_PER_MINUTE=4)
+async def test_every_instance_shares_one_count(monkeypatch, call, tokens, deps, deps_factory):
+    first = await deps_factory(CREATE_QUOTA_PER_MINUTE=4, NO_CONSUMER_FALLBACK=False)
+    second = await deps_factory(CREATE_QUOTA_PER_MINUTE=4, NO_CONSUMER_FALLBACK=False)
     sales = auth(tokens["sales_manager"])
     codes = []
     for i in range(6):
-        bootstrap.install(first if i % 2 else second)
+        use_deps(monkeypatch, first if i % 2 else second)
         codes.append((await call("create_user", "POST", "/api/users", headers=sales, json=new_user(i))).status_code)
     assert codes == [202, 202, 202, 202, 429, 429]
 
 
-async def test_replays_and_refusals_do_not_use_up_the_quota(call, tokens, deps, deps_factory):
-    bootstrap.install(await deps_factory(CREATE_QUOTA_PER_MINUTE=2))
+async def test_replays_and_refusals_do_not_use_up_the_quota(monkeypatch, call, tokens, deps, deps_factory):
+    use_deps(monkeypatch, await deps_factory(CREATE_QUOTA_PER_MINUTE=2, NO_CONSUMER_FALLBACK=False))
     sales = {**auth(tokens["sales_manager"]), "Idempotency-Key": "replayed"}
     for _ in range(5):  # one request, four replays of it
         assert (await call("create_user", "POST", "/api/users", headers=sales, json=new_user(0))).status_code == 202
@@ -66,7 +67,7 @@ async def test_replays_and_refusals_do_not_use_up_the_quota(call, tokens, deps, 
 
 
 async def test_a_bulk_charge_counts_all_its_rows_or_none(deps, deps_factory):
-    quota = (await deps_factory(CREATE_QUOTA_PER_MINUTE=5)).quota
+    quota = (await deps_factory(CREATE_QUOTA_PER_MINUTE=5, NO_CONSUMER_FALLBACK=False)).quota
     assert (await quota.charge("bulk-caller", 3)).allowed
     too_many = await quota.charge("bulk-caller", 3)
     assert not too_many.allowed and 1 <= too_many.retry_after_s <= 60
@@ -77,7 +78,7 @@ async def test_a_bulk_charge_counts_all_its_rows_or_none(deps, deps_factory):
 
 
 async def test_retry_after_says_when_the_oldest_counted_creation_leaves_the_window(deps, deps_factory):
-    quota = (await deps_factory(CREATE_QUOTA_PER_MINUTE=2)).quota
+    quota = (await deps_factory(CREATE_QUOTA_PER_MINUTE=2, NO_CONSUMER_FALLBACK=False)).quota
     assert (await quota.charge("window", 2)).allowed
     await asyncio.sleep(1.2)
     refused = await quota.charge("window")
@@ -85,10 +86,12 @@ async def test_retry_after_says_when_the_oldest_counted_creation_leaves_the_wind
     assert not refused.allowed and refused.retry_after_s == 59
 
 
-async def test_redis_down_fails_open_with_one_warning_per_transition(call, tokens, db, deps, deps_factory, proxy):
-    instance = await deps_factory(REDIS_URL=proxy.url, CREATE_QUOTA_PER_MINUTE=2, BREAKER_OPEN_S=0.3,
+async def test_redis_down_fails_open_with_one_warning_per_transition(monkeypatch, call, tokens, db, deps,
+                                                                     deps_factory, proxy):
+    instance = await deps_factory(REDIS_URL=proxy.url, CREATE_QUOTA_PER_MINUTE=2, NO_CONSUMER_FALLBACK=False,
+                                  BREAKER_OPEN_S=0.3,
                                   BREAKER_PROBE_INTERVAL_S=0.05)
-    bootstrap.install(instance)
+    use_deps(monkeypatch, instance)
     sales = auth(tokens["sales_manager"])
     assert (await call("create_user", "POST", "/api/users", headers=sales, json=new_user(0))).status_code == 202
     proxy.set_mode("refuse")
@@ -105,7 +108,7 @@ async def test_redis_down_fails_open_with_one_warning_per_transition(call, token
     assert (await call("create_user", "POST", "/api/users", headers=sales, json=new_user(6))).status_code == 429
 
 
-async def test_one_email_rate_for_every_sender_and_instance(call, tokens, db, stack, deps, deps_factory):
+async def test_one_email_rate_for_every_sender_and_instance(monkeypatch, call, tokens, db, stack, deps, deps_factory):
     """Sync creations on two instances in a burst: only the rate's slots send now, the rest wait in the outbox
     (one WARNING), and a later outbox pass sends them, still at the rate."""
     rate = 2
@@ -116,7 +119,7 @@ async def test_one_email_rate_for_every_sender_and_instance(call, tokens, db, st
     before = len(stack.ses.sent_messages())
     started = time.monotonic()
     for i in range(8):
-        bootstrap.install(first if i % 2 else second)
+        use_deps(monkeypatch, first if i % 2 else second)
         r = await call("create_user", "POST", "/api/users", headers=sales, json=new_user(i, "rate"))
         assert r.status_code == 201, r.text
     elapsed = time.monotonic() - started

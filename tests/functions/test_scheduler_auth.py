@@ -12,8 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared import bootstrap
-from tests.conftest import auth
+from tests.conftest import auth, use_deps
 
 SCHEDULER = "provisioner-scheduler@proj.iam.gserviceaccount.com"
 AUDIENCE = "https://cleanup.example"
@@ -53,10 +52,10 @@ def oidc(key: object, **claims: object) -> str:
 
 
 @pytest.fixture
-async def scheduled(deps, deps_factory, google_keys):
+async def scheduled(deps, deps_factory, google_keys, monkeypatch):
     key, url = google_keys
     instance = await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url, OIDC_AUDIENCE=AUDIENCE)
-    bootstrap.install(instance)
+    use_deps(monkeypatch, instance)
     yield key
 
 
@@ -78,9 +77,9 @@ async def test_other_oidc_tokens_are_refused(call, scheduled, claims, status):
     assert r.status_code == status
 
 
-async def test_no_configured_audience_accepts_no_scheduler_token(call, deps, deps_factory, google_keys):
+async def test_no_configured_audience_accepts_no_scheduler_token(monkeypatch, call, deps, deps_factory, google_keys):
     key, url = google_keys
-    bootstrap.install(await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url))
+    use_deps(monkeypatch, await deps_factory(SCHEDULER_SERVICE_ACCOUNT=SCHEDULER, OIDC_JWKS_URL=url))
     r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(oidc(key)))
     assert r.status_code == 401
 

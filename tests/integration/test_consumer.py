@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,22 +14,13 @@ from local.redis_server import RedisServer
 from shared.auth import Principal, Role
 from shared.creation import create_user_request
 from shared.models import CreateUserCommand
-from tests.conftest import PRETEND_CONSUMER, wait_until
+from tests.conftest import wait_until
 from tests.support.processes import ConsumerProcess
 
 pytestmark = pytest.mark.slow
 SALES = Principal("sales-1", Role.SALES_MANAGER)
 FAST_RECOVERY = {"CONSUMER_LOCK_MS": "2000", "CONSUMER_STALLED_INTERVAL_MS": "1000", "CONSUMER_HEARTBEAT_S": "0.5",
                  "RECONCILE_GRACE_S": "0", "RECONCILE_INTERVAL_S": "1", "CONSUMER_SHUTDOWN_GRACE_S": "10"}
-
-
-@pytest.fixture
-def consumers(stack, tmp_path: Path) -> Iterator[list[ConsumerProcess]]:
-    """Start with `consumers.append(ConsumerProcess(...).start(...))`; all are stopped by PID afterwards."""
-    started: list[ConsumerProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def start_consumer(consumers, stack, tmp_path, env=None, **overrides) -> ConsumerProcess:
@@ -200,28 +189,37 @@ async def test_redis_restarted_empty_after_202_still_ends_created_once(deps_fact
 
 async def test_no_live_consumer_falls_back_and_a_new_consumer_restores_the_queue(deps_factory, deps, consumers,
                                                                                   stack, tmp_path, db):
-    await deps.queue.forget_consumer(PRETEND_CONSUMER)
-    fast = {"CONSUMER_HEARTBEAT_TTL_S": "2", "CONSUMER_HEARTBEAT_S": "0.5"}
-    first = start_consumer(consumers, stack, tmp_path, env=fast)
+    """The production default, with nothing pretending: no consumer has ever run on this queue."""
     instance = await deps_factory(CONSUMER_HEARTBEAT_TTL_S=2, CONSUMER_CHECK_TTL_S=0.2)
-    answer = await create_user_request(instance, SALES, command_for("live@example.com"), None)
-    assert answer.status == 202
-    first.signal(signal.SIGKILL)
-    first.wait(5)
-    await asyncio.sleep(2.5)  # the heartbeat expires
+    assert instance.settings.no_consumer_fallback is True  # the default, not set by the test
+    assert await instance.queue.live_consumers() == []
     answer = await create_user_request(instance, SALES, command_for("alone@example.com"), None)
     assert answer.status == 201 and answer.body["fallback"] is True
     warning = db.execute("SELECT level FROM system_health_logs WHERE event = 'no_consumer'").fetchall()
     assert [w["level"] for w in warning] == ["WARNING"]
     status = db.execute("SELECT fallback_reason FROM creation_requests WHERE email = 'alone@example.com'").fetchone()
     assert status["fallback_reason"] == "no_consumer"
-    start_consumer(consumers, stack, tmp_path, env=fast)
+    fast = {"CONSUMER_HEARTBEAT_TTL_S": "2", "CONSUMER_HEARTBEAT_S": "0.5"}
+    first = start_consumer(consumers, stack, tmp_path, env=fast)
     await asyncio.sleep(0.3)
     answer = await create_user_request(instance, SALES, command_for("back@example.com"), None)
     assert answer.status == 202
+    assert (await all_done(db, [answer.body["request_id"]], timeout=10)).popitem()[1] == "created"
+    first.signal(signal.SIGKILL)  # gone without a word: only its heartbeat's expiry tells
+    first.wait(5)
+    await asyncio.sleep(2.5)
+    answer = await create_user_request(instance, SALES, command_for("again-alone@example.com"), None)
+    assert answer.status == 201 and answer.body["fallback"] is True
+    start_consumer(consumers, stack, tmp_path, env=fast)
+    await asyncio.sleep(0.3)
+    answer = await create_user_request(instance, SALES, command_for("back-again@example.com"), None)
+    assert answer.status == 202
     switches = [r["metadata"]["to"] for r in db.execute(
         "SELECT metadata FROM system_health_logs WHERE event = 'effective_mode_changed' ORDER BY id")]
-    assert switches == ["sync_direct", "async_queue"]
+    assert switches == ["sync_direct", "async_queue", "sync_direct", "async_queue"]
+    ids = [r["id"] for r in db.execute("SELECT id FROM creation_requests")]
+    assert set((await all_done(db, ids, timeout=10)).values()) == {"created"}
+    assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] == 4
 
 
 def command_for(email: str) -> CreateUserCommand:
@@ -257,7 +255,6 @@ async def test_second_sigterm_cuts_the_job_off_and_it_returns_to_the_queue(deps,
 async def test_metrics_list_the_live_consumer(deps, consumers, stack, tmp_path, call, tokens):
     from tests.conftest import auth
 
-    await deps.queue.forget_consumer(PRETEND_CONSUMER)
     process = start_consumer(consumers, stack, tmp_path, env={"CONSUMER_HEARTBEAT_S": "0.2"})
     [request_id] = await submit(deps, ["metrics@example.com"])
     with psycopg.connect(stack.database_url, autocommit=True) as conn:

@@ -14,7 +14,7 @@ from shared.creation import create_user_request
 from shared.errors import DomainError
 from shared.mailer import Mailer
 from shared.models import CreateUserCommand
-from tests.conftest import _wipe, make_settings, pretend_consumer_alive
+from tests.conftest import _wipe, make_settings
 
 CALLER = Principal("prop-caller", Role.SALES_MANAGER)
 submission = st.tuples(st.sampled_from([None, "k1", "k2", "k3"]), st.integers(0, 3), st.integers(0, 1))
@@ -24,7 +24,6 @@ submission = st.tuples(st.sampled_from([None, "k1", "k2", "k3"]), st.integers(0,
 @given(st.lists(submission, min_size=1, max_size=8), st.sampled_from(["async_queue", "sync_direct"]))
 def test_idempotency_rules_hold_for_any_sequence(stack, submissions, mode):
     _wipe(stack)
-    pretend_consumer_alive(stack)
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         conn.execute("UPDATE system_config SET value = %s WHERE key = 'traffic_mode'", (mode,))
     answers = asyncio.run(_submit(stack, submissions))
@@ -52,7 +51,7 @@ def test_idempotency_rules_hold_for_any_sequence(stack, submissions, mode):
 
 
 async def _submit(stack, submissions) -> list[tuple[int, dict]]:
-    settings_ = make_settings(stack)
+    settings_ = make_settings(stack, NO_CONSUMER_FALLBACK=False)  # the queue path, with no consumer running
     deps = await open_deps(settings_, mailer=Mailer(settings_, client=stack.ses.client()))
     answers = []
     try:

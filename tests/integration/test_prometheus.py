@@ -6,13 +6,12 @@ from __future__ import annotations
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import bootstrap
 from shared.auth import Principal, Role, issue_token
 from shared.creation import create_user_request
 from shared.models import CreateUserCommand
 from shared.prometheus_export import JOB_DURATION_BOUNDS, QUEUE_WAIT_BOUNDS
-from tests.conftest import auth
-from tests.integration.test_consumer import all_done, consumers, start_consumer, submit, trap  # noqa: F401
+from tests.conftest import auth, use_deps
+from tests.integration.test_consumer import all_done, start_consumer, submit, trap  # noqa: F401
 from tests.support.pii import EMAIL
 
 SALES = Principal("sales-1", Role.SALES_MANAGER)
@@ -67,7 +66,7 @@ async def test_metrics_match_the_database_and_redis_after_a_known_workload(
         failed = client.zcard(f"{stack.queue_prefix}:user-creation:failed")
     finally:
         client.close()
-    assert m["provisioner_consumers_alive"][()] == heartbeats == 2  # the real consumer and the suite's stand-in
+    assert m["provisioner_consumers_alive"][()] == heartbeats == 1  # the one real consumer
     jobs = {dict(k)["state"]: v for k, v in m["provisioner_queue_jobs"].items()}
     assert (jobs["completed"], jobs["failed"], jobs["waiting"]) == (completed, failed, 0) == (5, 1, 0)
 
@@ -91,9 +90,9 @@ async def test_metrics_match_the_database_and_redis_after_a_known_workload(
     assert denied.status_code == 403
 
 
-async def test_metrics_answer_with_redis_down(deps, deps_factory, call, tokens):
+async def test_metrics_answer_with_redis_down(monkeypatch, deps, deps_factory, call, tokens):
     no_redis = await deps_factory(REDIS_URL="redis://127.0.0.1:1/0")
-    bootstrap.install(no_redis)
+    use_deps(monkeypatch, no_redis)
     answer = await call("prometheus_metrics", "GET", "/metrics", headers=auth(tokens["admin"]))
     assert answer.status_code == 200
     m = parse(answer.text)

@@ -10,14 +10,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from infra.manifest import MIGRATIONS_DIR
 from infra.render import DeployConfig
-from shared import bootstrap
 from shared.db import apply_migrations
-from tests.conftest import DepsFactory, auth, function_app
+from tests.conftest import DepsFactory, auth, function_app, use_deps
 from tests.support.stack import Stack
 
 RUNTIME = DeployConfig(project="p").db_runtime_user  # the role the rendering connects the runtime as
@@ -90,20 +88,20 @@ def test_the_migration_is_idempotent_and_covers_tables_of_later_migrations(fresh
 
 
 async def test_the_functions_serve_both_creation_paths_connected_as_the_runtime_role(
-        stack: Stack, deps: Any, deps_factory: DepsFactory, tokens: dict[str, str]) -> None:
-    runtime = await deps_factory(DATABASE_URL=as_role(stack.database_url, RUNTIME))
+        monkeypatch: pytest.MonkeyPatch, stack: Stack, deps: Any, deps_factory: DepsFactory,
+        tokens: dict[str, str]) -> None:
+    # Queueing (no consumer needed for the 202), then the production default with no live consumer: sync.
+    runtime = await deps_factory(DATABASE_URL=as_role(stack.database_url, RUNTIME), NO_CONSUMER_FALLBACK=False)
+    direct_runtime = await deps_factory(DATABASE_URL=as_role(stack.database_url, RUNTIME))
     await runtime.pool.wait(timeout=10)
-    bootstrap.install(runtime)
+    use_deps(monkeypatch, runtime)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=function_app("create_user")),
                                      base_url="http://function") as client:
             queued = await client.post("/api/users", headers=auth(tokens["sales_manager"]),
                                        json={"email": "runtime.queued@example.com", "full_name": "Run Time"})
             assert queued.status_code == 202, queued.text
-            heartbeats = redis.Redis.from_url(stack.redis_url)  # no consumer: the sync path provisions at once
-            heartbeats.delete(f"{stack.queue_prefix}:user-creation:provisioner:consumers")
-            heartbeats.close()
-            runtime.consumers.forget()
+            use_deps(monkeypatch, direct_runtime)  # no live consumer: the sync path provisions at once
             direct = await client.post("/api/users", headers=auth(tokens["sales_manager"]),
                                        json={"email": "runtime.direct@example.com", "full_name": "Run Time"})
             assert direct.status_code == 201, direct.text
@@ -112,4 +110,4 @@ async def test_the_functions_serve_both_creation_paths_connected_as_the_runtime_
                                         " (SELECT count(*) FROM users) AS made")
             assert await cursor.fetchone() == {"who": RUNTIME, "asked": 2, "made": 1}
     finally:
-        bootstrap.install(deps)
+        use_deps(monkeypatch, deps)

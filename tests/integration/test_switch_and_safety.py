@@ -11,7 +11,7 @@ from shared.errors import DatabaseUnavailable
 from shared.models import CreateUserCommand, SetModeCommand, TrafficMode
 from shared.provisioning import provision
 from shared.traffic import set_mode
-from tests.conftest import auth
+from tests.conftest import auth, use_deps
 from tests.functions.test_create_user import BODY
 from tests.support.pii import find_secrets
 from tests.support.stack import TEST_JWT_SECRET
@@ -21,7 +21,8 @@ SALES = Principal("sales-1", Role.SALES_MANAGER)
 
 async def test_switch_reaches_another_instance_within_2s(deps, deps_factory):
     a = await deps_factory(MODE_CACHE_TTL_S=1.0)
-    b = await deps_factory(MODE_CACHE_TTL_S=1.0)
+    b = await deps_factory(MODE_CACHE_TTL_S=1.0, NO_CONSUMER_FALLBACK=False)  # no consumer runs: only the switch
+    # may turn b's answers into 201s
     first = await create_user_request(b, SALES, CreateUserCommand(email="p0@example.com", full_name="P"), None)
     assert first.status == 202  # b has now cached async_queue
     await set_mode(a.pool, SetModeCommand(mode=TrafficMode.SYNC_DIRECT, reason="propagation test"),
@@ -73,11 +74,10 @@ async def test_fallback_consumer_and_retry_race_make_one_user(deps, db):
     assert db.execute("SELECT count(*) AS n FROM email_outbox").fetchone()["n"] == 1
 
 
-async def test_postgres_unreachable_is_503_with_retry_after_and_nothing_queued(deps, deps_factory, call, tokens):
-    from shared import bootstrap
-
+async def test_postgres_unreachable_is_503_with_retry_after_and_nothing_queued(deps, deps_factory, call, tokens,
+                                                                                monkeypatch):
     broken = await deps_factory(DATABASE_URL="postgresql://postgres@127.0.0.1:9/none", DB_TIMEOUT_S=0.5)
-    bootstrap.install(broken)
+    use_deps(monkeypatch, broken)
     r = await call("create_user", "POST", "/api/users", headers=auth(tokens["sales_manager"]), json=BODY)
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "database_unavailable" and r.headers["retry-after"]

@@ -1,0 +1,92 @@
+"""The load test's shape as a bench case: a paced open-loop load against the whole create path, consumer running.
+
+The achieved rate is the figure, the target rate is the limit: a system that cannot keep up answers later, so
+the load takes longer than `total / rate` and the ratio falls. Nothing may be lost or doubled on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+from bench.context import Ctx, load_average
+from bench.procs import ConsumerProc
+from bench.report import all_met, at_least, case_result, fmt, ratio
+
+RATE = 200.0
+CONNECTIONS = 32
+
+
+async def _paced(ctx: Ctx, urls: list[str], total: int, prefix: str) -> dict[str, Any]:
+    """`python -m tests.support.paced` in its own process (the load generator is never the bench process)."""
+    cmd = [sys.executable, "-m", "tests.support.paced", "--token", ctx.tokens["sales"], "--total", str(total),
+           "--rate", str(RATE), "--connections", str(CONNECTIONS), "--prefix", prefix]
+    for url in urls:
+        cmd += ["--url", url]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), total / RATE + 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"paced load exited {proc.returncode}: {err.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def paced_create_rate(ctx: Ctx) -> dict[str, Any]:
+    """Achieved vs target rate of N creations paced at 200/s over 2 create instances, 1 consumer, limit lifted."""
+    ctx.wipe()
+    total = ctx.n(2000, 600)
+    env = {"RATE_LIMIT_MAX": "0", "NO_CONSUMER_FALLBACK": "true"}  # the production default: a real consumer runs
+    servers = [ctx.function("create_user", env=env, instance=f"create_user-paced-{i}").launch() for i in range(2)]
+    consumer = ctx.registry.add(ConsumerProc({**ctx.env, **env}, ctx.log_dir)).launch()
+    try:
+        await asyncio.gather(*(s.wait_answer() for s in servers), consumer.wait_started(ctx.stack.database_url))
+        prefix = f"paced-{uuid.uuid4().hex[:8]}"
+        result = await _paced(ctx, [s.url for s in servers], total, prefix)
+        deadline = time.monotonic() + 120
+        async with ctx.db() as conn:
+            while True:
+                cur = await conn.execute("SELECT count(*) FILTER (WHERE status IN ('created', 'failed')) AS done,"
+                                         " count(*) AS recorded FROM creation_requests")
+                row = await cur.fetchone()
+                if row is None:
+                    raise RuntimeError("no count row")
+                if row["done"] >= row["recorded"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            cur = await conn.execute("SELECT count(*) AS users, count(DISTINCT email_normalized) AS distinct_users,"
+                                     " count(*) FILTER (WHERE email LIKE %s) AS ours,"
+                                     " count(DISTINCT email) FILTER (WHERE email = ANY(%s)) AS accepted_with_user"
+                                     " FROM users", (prefix + "-%", result["accepted"]))
+            users = await cur.fetchone()
+            if users is None:
+                raise RuntimeError("no users row")
+    finally:
+        for process in [*servers, consumer]:
+            ctx.registry.stop(process)
+    answered = int(result["answered"])
+    lost = len(result["accepted"]) - int(users["accepted_with_user"])  # answered 201/202, yet no user
+    doubled = int(users["users"]) - int(users["distinct_users"])
+    achieved = float(result["achieved_rate"])
+    share = ratio(achieved, RATE)
+    ctx.notes["paced_create_rate"] = (f"{answered}/{total} answered at {fmt(achieved)}/s, p99 {fmt(result['p99_ms'])}"
+                                      f" ms; errors {result['errors'] or 0}; lost {lost}, doubled {doubled}")
+    return case_result(
+        figure=achieved, unit="req/s", limit=RATE, limit_desc=f"the target rate of the paced load ({total} requests)",
+        ratio=share, goal="achieved/target >= 0.95; every request answered, none lost or doubled",
+        goal_met=all_met(at_least(share, 0.95), lost == 0, doubled == 0, answered == total),
+        accepted=len(result["accepted"]), unanswered=total - answered,
+        requests=total, answered=answered, answers={str(k): v for k, v in sorted(result["codes"].items())},
+        errors=result["errors"], p50_ms=result["p50_ms"], p99_ms=result["p99_ms"], elapsed_s=result["elapsed_s"],
+        recorded=int(row["recorded"]), users=int(users["ours"]), lost=lost, doubled=doubled,
+        connections=CONNECTIONS, load_generator="tests/support/paced.py (httpx, open loop)",
+        load_avg_1m=load_average()[0])
