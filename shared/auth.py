@@ -25,6 +25,9 @@ class Role(StrEnum):
     SALES_MANAGER = "sales_manager"
     VIEWER = "viewer"
     SCHEDULER = "scheduler"
+    # An account made through POST /api/users: it may sign in, but its token carries no staff role, so every
+    # staff route answers it 403 (the role is not in USER_ROLES).
+    MEMBER = "member"
 
 
 USER_ROLES = (Role.ADMIN, Role.SALES_MANAGER, Role.VIEWER)

@@ -37,6 +37,8 @@ class DeliveryReport:
     sent: int = 0
     failed: int = 0
     gave_up: int = 0
+    # The link of the last email sent: only `invoke account create` shows it, and only in development.
+    last_link: str | None = None
 
 
 def hash_token(token: str) -> str:
@@ -106,4 +108,5 @@ async def deliver_pending(pool: AsyncConnectionPool, mailer: Mailer, settings: S
                 (message_id, row["id"]),
             )
             report.sent += 1
+            report.last_link = link
     return report

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     set_password_url: str = Field("http://127.0.0.1:8080/set-password", alias="SET_PASSWORD_URL")
     set_password_ttl_hours: int = Field(72, alias="SET_PASSWORD_TTL_HOURS", ge=1)
     email_send_timeout_s: float = Field(5.0, alias="EMAIL_SEND_TIMEOUT_S", gt=0)
+    # Sign-in (POST /api/auth/sign-in): token lifetime, the throttle, and which X-Forwarded-For entry is the
+    # client (counted from the right: 1 = the last hop's, as the local gateway appends it).
+    access_token_ttl_s: int = Field(3600, alias="ACCESS_TOKEN_TTL_S", ge=60, le=86400)
+    sign_in_window_s: int = Field(900, alias="SIGN_IN_WINDOW_S", ge=1)
+    sign_in_max_per_account: int = Field(5, alias="SIGN_IN_MAX_PER_ACCOUNT", ge=1)
+    sign_in_max_per_address: int = Field(20, alias="SIGN_IN_MAX_PER_ADDRESS", ge=1)
+    trusted_proxy_hops: int = Field(1, alias="TRUSTED_PROXY_HOPS", ge=0, le=10)
 
     queue_name: str = Field("user-creation", alias="QUEUE_NAME", pattern=r"^[A-Za-z0-9_{}-]+$")
     queue_prefix: str = Field("bull", alias="QUEUE_PREFIX", pattern=r"^[A-Za-z0-9_{}-]+$")
