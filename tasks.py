@@ -190,7 +190,7 @@ def cleanup(c: Context) -> None:
 
 @task(positional=["action"], help={"action": "create", "email": "the staff member's email address",
                                    "full_name": "their full name", "role": "admin, sales_manager or viewer"})
-def account(c: Context, action: str = "", email: str = "", full_name: str = "", role: str = "") -> None:
+def account(c: Context, action: str, email: str = "", full_name: str = "", role: str = "") -> None:
     """Staff accounts: `invoke account create --email E --full-name N --role admin|sales_manager|viewer`.
 
     Makes the account like every other user (same provisioning path, same welcome email with a set-password link,
@@ -241,7 +241,7 @@ def account(c: Context, action: str = "", email: str = "", full_name: str = "", 
     except DomainError as exc:
         raise Exit(f"{exc.code}: {exc.message}", code=1) from None
     print(json.dumps({"account": created, "email": "sent" if sent else "pending"}))
-    if settings.is_development and link:
+    if settings.app_env == "development" and link:
         print(f"set-password link (development only): {link}")
     elif not sent:
         print("the welcome email is queued: the consumer's delivery pass sends it")
