@@ -133,8 +133,9 @@ def migrate(c: Context) -> None:
 def worker(c: Context) -> None:
     """Run the queue consumer alone, against DATABASE_URL/REDIS_URL (or the running local system's servers)."""
     env = dict(os.environ)
-    if not env.get("DATABASE_URL") or not env.get("REDIS_URL"):
-        state = _dev_state()
+    state = _dev_state(required=not (env.get("DATABASE_URL") and env.get("REDIS_URL")))
+    # The running local system's own database (also when `eval "$(invoke dev --env)"` exported its URLs).
+    if state and env.get("DATABASE_URL", state["database_url"]) == state["database_url"]:
         env.setdefault("DATABASE_URL", str(state["database_url"]))
         env.setdefault("REDIS_URL", str(state["redis_url"]))
         if state.get("ses_url"):
@@ -210,8 +211,9 @@ def account(c: Context, action: str, email: str = "", full_name: str = "", role:
     from shared.settings import Settings
 
     env = dict(os.environ)
-    if not env.get("DATABASE_URL") or not env.get("REDIS_URL"):
-        state = _dev_state()
+    state = _dev_state(required=not (env.get("DATABASE_URL") and env.get("REDIS_URL")))
+    # The running local system's own database (also when `eval "$(invoke dev --env)"` exported its URLs).
+    if state and env.get("DATABASE_URL", state["database_url"]) == state["database_url"]:
         env.setdefault("DATABASE_URL", str(state["database_url"]))
         env.setdefault("REDIS_URL", str(state["redis_url"]))
         env.setdefault("SET_PASSWORD_URL", f"{state['gateway']}/set-password")
