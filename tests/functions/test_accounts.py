@@ -14,8 +14,9 @@ import redis
 from argon2 import PasswordHasher
 
 from shared import bootstrap
+from shared.mailer import Mailer
 from shared.passwords import hasher
-from tests.conftest import auth
+from tests.conftest import auth, make_settings
 from tests.functions.test_create_user import set_mode
 from tests.support.stack import TEST_JWT_SECRET
 
@@ -107,6 +108,8 @@ async def test_a_link_works_once(call, tokens, stack, db):
     assert again.status_code == 410 and again.json()["error"]["code"] == "link_gone"
     assert db.execute("SELECT password_hash FROM users WHERE id = %s", (user_id,)).fetchone()["password_hash"] == first
     assert (await sign_in(call, MEMBER["email"], "another-long-passphrase-77")).status_code == 401
+    refused = db.execute("SELECT metadata FROM system_health_logs WHERE event = 'password_link_refused'").fetchall()
+    assert [r["metadata"]["reason"] for r in refused] == ["used"]
 
 
 async def test_unknown_link_is_404(call, deps):
@@ -357,6 +360,22 @@ async def test_resending_the_welcome_kills_the_old_link_and_is_audited(call, tok
     audit = db.execute("SELECT actor, after FROM audit_log WHERE action = 'welcome_resent' AND target = %s",
                        (user_id,)).fetchall()
     assert len(audit) == 1 and audit[0]["actor"] == "admin-1"
+
+
+async def test_the_old_link_dies_at_once_even_when_the_new_email_cannot_be_sent_now(call, tokens, stack, db,
+                                                                                   deps, deps_factory):
+    user_id, old = await new_member(call, tokens, stack)
+    no_ses = make_settings(stack, AWS_ENDPOINT_URL_SES="http://127.0.0.1:1", EMAIL_SEND_TIMEOUT_S=2)
+    bootstrap.install(await deps_factory(mailer=Mailer(no_ses)))
+    try:
+        r = await call("resend_welcome", "POST", f"/api/admin/accounts/{user_id}/welcome",
+                       headers=auth(tokens["admin"]))
+    finally:
+        bootstrap.install(deps)
+    assert r.status_code == 200 and r.json()["email"] == "pending" and r.json()["links_revoked"] == 1
+    assert (await set_password(call, old)).status_code == 410
+    outbox = db.execute("SELECT status, attempts FROM email_outbox WHERE user_id = %s", (user_id,)).fetchone()
+    assert outbox == {"status": "pending", "attempts": 1}  # the outbox retries it
 
 
 @pytest.mark.parametrize("account_id", ["00000000-0000-0000-0000-000000000000", "not-a-uuid"])
