@@ -133,8 +133,9 @@ def migrate(c: Context) -> None:
 def worker(c: Context) -> None:
     """Run the queue consumer alone, against DATABASE_URL/REDIS_URL (or the running local system's servers)."""
     env = dict(os.environ)
-    if not env.get("DATABASE_URL") or not env.get("REDIS_URL"):
-        state = _dev_state()
+    state = _dev_state(required=not (env.get("DATABASE_URL") and env.get("REDIS_URL")))
+    # The running local system's own database (also when `eval "$(invoke dev --env)"` exported its URLs).
+    if state and env.get("DATABASE_URL", state["database_url"]) == state["database_url"]:
         env.setdefault("DATABASE_URL", str(state["database_url"]))
         env.setdefault("REDIS_URL", str(state["redis_url"]))
         if state.get("ses_url"):
@@ -186,6 +187,66 @@ def cleanup(c: Context) -> None:
             await deps.aclose()
 
     print(json.dumps(asyncio.run(once())))
+
+
+@task(positional=["action"], help={"action": "create", "email": "the staff member's email address",
+                                   "full_name": "their full name", "role": "admin, sales_manager or viewer"})
+def account(c: Context, action: str, email: str = "", full_name: str = "", role: str = "") -> None:
+    """Staff accounts: `invoke account create --email E --full-name N --role admin|sales_manager|viewer`.
+
+    Makes the account like every other user (same provisioning path, same welcome email with a set-password link,
+    an audit row) against DATABASE_URL/REDIS_URL or the running local system; prints the link in development."""
+    if action != "create":
+        raise Exit("usage: invoke account create --email E --full-name N --role admin|sales_manager|viewer", code=2)
+    if not email or not full_name or not role:
+        raise Exit("--email, --full-name and --role are all required", code=2)
+    import asyncio
+    import getpass
+
+    from pydantic import ValidationError
+
+    from shared.accounts import CreateAccountCommand, create_account
+    from shared.bootstrap import open_deps
+    from shared.errors import DomainError
+    from shared.settings import Settings
+
+    env = dict(os.environ)
+    state = _dev_state(required=not (env.get("DATABASE_URL") and env.get("REDIS_URL")))
+    # The running local system's own database (also when `eval "$(invoke dev --env)"` exported its URLs).
+    if state and env.get("DATABASE_URL", state["database_url"]) == state["database_url"]:
+        env.setdefault("DATABASE_URL", str(state["database_url"]))
+        env.setdefault("REDIS_URL", str(state["redis_url"]))
+        env.setdefault("SET_PASSWORD_URL", f"{state['gateway']}/set-password")
+        env.setdefault("APP_ENV", "development")
+        if state.get("ses_url"):
+            env.setdefault("AWS_ENDPOINT_URL_SES", str(state["ses_url"]))
+            env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+            env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})  # boto3 reads its own variables
+    try:
+        settings = Settings(**{k: v for k, v in env.items() if k.isupper()})
+        command = CreateAccountCommand(email=email, full_name=full_name, role=role)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise Exit(f"invalid: {problems}", code=2) from None
+
+    async def create() -> tuple[dict[str, object], bool, str | None]:
+        deps = await open_deps(settings, role="invoke-account")
+        try:
+            made = await create_account(deps, command, actor=f"cli:{getpass.getuser()}")
+            return made.account, made.email_sent, made.delivery.last_link
+        finally:
+            await deps.aclose()
+
+    try:
+        created, sent, link = asyncio.run(create())
+    except DomainError as exc:
+        raise Exit(f"{exc.code}: {exc.message}", code=1) from None
+    print(json.dumps({"account": created, "email": "sent" if sent else "pending"}))
+    if settings.app_env == "development" and link:
+        print(f"set-password link (development only): {link}")
+    elif not sent:
+        print("the welcome email is queued: the consumer's delivery pass sends it")
 
 
 @task(help={"yes": "do not ask for confirmation"})

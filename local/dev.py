@@ -117,8 +117,7 @@ def run_dev(opts: DevOptions) -> int:
             if opts.with_scheduler:
                 tick = _start_scheduler(sup, gateway.url, env)
             _print_table(sup, services, tick)
-            sup.say(f"System Health panel (signed in for 8 h): {gateway.url}/admin/system-health#token="
-                    f"{_admin_token(env, ttl_s=8 * 3600)}")
+            _print_sign_in(sup, env, gateway.url, own_database=any(name == "postgres" for name, _ in services))
             ready_file.touch()  # every part answered its health check: from now on /healthz says 200
             sup.say(f"READY provisioner on {gateway.url} (Ctrl-C stops everything)")
             return _watch(sup, services, ready_file)
@@ -222,6 +221,20 @@ def _admin_token(env: dict[str, str], *, ttl_s: int, subject: str = "dev-admin")
     settings = Settings(**{k: v for k, v in env.items() if k in ("APP_ENV", "DATABASE_URL", "REDIS_URL",
                                                                  "AUTH_JWT_SECRET")})
     return issue_token(settings, role=Role.ADMIN, subject=subject, ttl_s=ttl_s)
+
+
+def _print_sign_in(sup: Supervisor, env: dict[str, str], gateway: str, *, own_database: bool) -> None:
+    """How to sign in to the panel, in development only (never a token signed with a production secret)."""
+    if env.get("APP_ENV") != "development":
+        sup.say(f"System Health panel: {gateway}/admin/system-health (APP_ENV is not development: no dev sign-in)")
+        return
+    if own_database:
+        from local.dev_admin import DEV_ADMIN_EMAIL, ensure_dev_admin
+
+        sup.say(f"System Health panel: {gateway}/admin/system-health  sign in as {DEV_ADMIN_EMAIL} with the "
+                f"password {ensure_dev_admin(env)} (new at every start, development only)")
+    sup.say(f"System Health panel (signed in for 8 h): {gateway}/admin/system-health#token="
+            f"{_admin_token(env, ttl_s=8 * 3600)}")
 
 
 def _start_scheduler(sup: Supervisor, gateway: str, env: dict[str, str]) -> SchedulerTick:

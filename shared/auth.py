@@ -28,6 +28,9 @@ class Role(StrEnum):
     SALES_MANAGER = "sales_manager"
     VIEWER = "viewer"
     SCHEDULER = "scheduler"
+    # An account made through POST /api/users: it may sign in, but its token carries no staff role, so every
+    # staff route answers it 403 (the role is not in USER_ROLES).
+    MEMBER = "member"
 
 
 USER_ROLES = (Role.ADMIN, Role.SALES_MANAGER, Role.VIEWER)
@@ -118,10 +121,13 @@ def _verify(token: str, settings: Settings) -> tuple[Principal, float | None]:
     """(principal, expiry to remember it until; None: do not remember)."""
     if settings.scheduler_service_account and _algorithm(token) == "RS256":
         return _authenticate_scheduler(token, settings), None
+    secret = settings.auth_jwt_secret.get_secret_value()
+    if not secret:  # production without AUTH_JWT_SECRET: an empty HMAC key would let anyone sign a token
+        raise Unauthorized("this service accepts no bearer token here", headers={"WWW-Authenticate": "Bearer"})
     try:
         claims = jwt.decode(
             token,
-            settings.auth_jwt_secret.get_secret_value(),
+            secret,
             algorithms=[ALGORITHM],
             audience=settings.jwt_audience,
             options={"require": ["exp", "aud", "sub"]},
@@ -188,4 +194,7 @@ def issue_token(settings: Settings, *, role: Role, subject: str, ttl_s: int = 36
         "app_metadata": {"role": role.value},
         **(extra or {}),
     }
-    return jwt.encode(claims, settings.auth_jwt_secret.get_secret_value(), algorithm=ALGORITHM)
+    secret = settings.auth_jwt_secret.get_secret_value()
+    if not secret:
+        raise RuntimeError("AUTH_JWT_SECRET is not set: no token can be signed")
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)

@@ -71,8 +71,13 @@ def json_object(payload: Any) -> dict[str, Any]:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+# The caller of a public route (`roles=()`: sign-in, set-password), which carries no bearer token.
+ANONYMOUS = Principal(subject="anonymous", role=Role.MEMBER)
+
+
 def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[Handler], Endpoint]:
-    """Wrap a handler: method check, bearer auth and role, deps, and every error as the JSON envelope.
+    """Wrap a handler: method check, bearer auth and role (none for `roles=()`: a public route), deps, and
+    every error as the JSON envelope.
 
     An unexpected exception is logged with its stack trace and answered as a plain 500 JSON body.
     """
@@ -85,8 +90,11 @@ def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[
                     raise MethodNotAllowed(f"use {' or '.join(methods)}",
                                            headers={"Allow": ", ".join(methods)})
                 deps = await get_deps()
-                principal = authenticate(request.headers.get("authorization"), deps.settings)
-                require_role(principal, *roles)
+                if roles:
+                    principal = authenticate(request.headers.get("authorization"), deps.settings)
+                    require_role(principal, *roles)
+                else:
+                    principal = ANONYMOUS
                 # The server span continues an incoming W3C traceparent (shared/tracing.py).
                 with tracing.setup(deps.settings, handler.__name__).span(
                         f"{request.method} {handler.__name__}", parent=tracing.extract(request.headers),

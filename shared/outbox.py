@@ -38,6 +38,8 @@ class DeliveryReport:
     failed: int = 0
     gave_up: int = 0
     deferred: int = 0  # left in the outbox: the global sending rate had no slot in time
+    # The link of the last email sent: only `invoke account create` shows it, and only in development.
+    last_link: str | None = None
 
 
 def hash_token(token: str) -> str:
@@ -113,4 +115,5 @@ async def deliver_pending(pool: AsyncConnectionPool, mailer: Mailer, settings: S
                 (message_id, row["id"]),
             )
             report.sent += 1
+            report.last_link = link
     return report

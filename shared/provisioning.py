@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from shared import db, tracing
+from shared.audit import record_audit
 from shared.errors import NotFound
 from shared.health import Level, record
 
@@ -69,11 +70,11 @@ async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str,
             return Outcome(request_id, "failed", None, req["error_code"], req["error"], already_done=True)
 
         cur = await conn.execute(
-            "INSERT INTO users (id, email, email_normalized, full_name, phone, product, request_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (email_normalized) DO NOTHING"
+            "INSERT INTO users (id, email, email_normalized, full_name, phone, product, request_id, role)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (email_normalized) DO NOTHING"
             " RETURNING id, email, full_name, created_at",
             (uuid.uuid4(), req["email"], req["email_normalized"], req["full_name"], req["phone"],
-             req["product"], request_id),
+             req["product"], request_id, req["role"]),
         )
         user = await cur.fetchone()
         ids = {"request_id": request_id, "mode": req["mode"], "via": via}
@@ -97,4 +98,8 @@ async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str,
         )
         await record(conn, Level.INFO, "user_created", f"user created ({via})",
                      {**ids, "user_id": str(user["id"]), "fallback": req["fallback"]}, source=source)
+        if req["role"] != "member":  # a staff account is an admin change: audited with the user it makes
+            await record_audit(conn, actor=req["actor"], action="account_created", reason=None, before=None,
+                               after={"user_id": str(user["id"]), "role": req["role"], "request_id": request_id},
+                               target=str(user["id"]))
     return Outcome(request_id, "created", user_view(user))

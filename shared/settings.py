@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     # Any libpq connection string: URI (also `postgresql://user@/db?host=/cloudsql/p:r:i`) or `key=value` form.
     database_url: str = Field(alias="DATABASE_URL")
     redis_url: RedisDsn = Field(alias="REDIS_URL")
-    auth_jwt_secret: SecretStr = Field(SecretStr(DEV_JWT_SECRET), alias="AUTH_JWT_SECRET")
+    # Unset in production: this instance accepts no HS256 bearer token (the consumer and static functions get no
+    # secret mounted). Unset in development/test: the dev placeholder.
+    auth_jwt_secret: SecretStr = Field(SecretStr(""), alias="AUTH_JWT_SECRET")
     jwt_audience: str = Field("authenticated", alias="AUTH_JWT_AUDIENCE")
     # The scheduled trigger: Cloud Scheduler sends a Google-signed OIDC token of this service account.
     scheduler_service_account: str = Field("", alias="SCHEDULER_SERVICE_ACCOUNT")
@@ -52,6 +54,13 @@ class Settings(BaseSettings):
     email_rate_wait_s: float = Field(1.0, alias="EMAIL_RATE_WAIT_S", ge=0, le=30)
     # Accepted creations per caller (`sub`) in any 60 s, across every instance; 0: no limit.
     create_quota_per_minute: int = Field(120, alias="CREATE_QUOTA_PER_MINUTE", ge=0)
+    # Sign-in (POST /api/auth/sign-in): token lifetime, the throttle, and which X-Forwarded-For entry is the
+    # client (counted from the right: 1 = the last hop's, as the local gateway appends it).
+    access_token_ttl_s: int = Field(3600, alias="ACCESS_TOKEN_TTL_S", ge=60, le=86400)
+    sign_in_window_s: int = Field(900, alias="SIGN_IN_WINDOW_S", ge=1)
+    sign_in_max_per_account: int = Field(5, alias="SIGN_IN_MAX_PER_ACCOUNT", ge=1)
+    sign_in_max_per_address: int = Field(20, alias="SIGN_IN_MAX_PER_ADDRESS", ge=1)
+    trusted_proxy_hops: int = Field(1, alias="TRUSTED_PROXY_HOPS", ge=0, le=10)
 
     queue_name: str = Field("user-creation", alias="QUEUE_NAME", pattern=r"^[A-Za-z0-9_{}-]+$")
     queue_prefix: str = Field("bull", alias="QUEUE_PREFIX", pattern=r"^[A-Za-z0-9_{}-]+$")
@@ -124,9 +133,11 @@ class Settings(BaseSettings):
         if self.app_env != "production":
             if not self.set_password_url:
                 self.set_password_url = DEV_SET_PASSWORD_URL
+            if not self.auth_jwt_secret.get_secret_value():
+                self.auth_jwt_secret = SecretStr(DEV_JWT_SECRET)
             return self
         secret = self.auth_jwt_secret.get_secret_value()
-        if secret == DEV_JWT_SECRET or len(secret) < 32 or is_placeholder(secret):
+        if secret and (secret == DEV_JWT_SECRET or len(secret) < 32 or is_placeholder(secret)):
             raise ValueError(
                 "AUTH_JWT_SECRET is a placeholder or shorter than 32 characters; "
                 "set a real secret (or APP_ENV=development for local use)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bench.cases.accounts import sign_in
 from bench.cases.coldstart import cold_start
 from bench.cases.consumer import (
     consumer_1_process,
@@ -37,4 +38,5 @@ CASES: dict[str, Case] = {
     "paced_create_rate": paced_create_rate,
     "cold_start": cold_start,
     "tracing_cost_202": tracing_cost_202,
+    "sign_in": sign_in,
 }

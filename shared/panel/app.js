@@ -1117,6 +1117,8 @@
       try { token = window.sessionStorage.getItem(TOKEN_KEY); } catch (e) { token = null; }
     }
     if (token) { signIn(token); } else { $("token-input").focus(); }
+    // signin.js (email + password) hands the token it gets to the same sign-in path as a pasted one.
+    window.provisionerPanel = { signIn: signIn };
   }
 
   if (document.readyState === "loading") {

@@ -315,7 +315,7 @@ def test_a_sales_manager_token_gets_the_403_message_and_no_admin_data(system, ne
     token = page.get_by_label("Admin token")
     expect(token).to_have_attribute("type", "password")
     token.fill(system.tokens["sales_manager"])
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in with token").click()
     message = page.locator("#auth-msg")
     expect(message).to_contain_text("This token is not an admin's (403)")
     expect(message).to_have_attribute("role", "alert")
@@ -326,7 +326,7 @@ def test_a_sales_manager_token_gets_the_403_message_and_no_admin_data(system, ne
     assert page.evaluate("sessionStorage.length") == 0
 
     token.fill("not-a-token")
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in with token").click()
     expect(message).to_contain_text("(401)")
     expect(page.locator("#panel")).to_be_hidden()
 

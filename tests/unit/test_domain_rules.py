@@ -50,7 +50,7 @@ def test_body_hash_ignores_address_case_but_not_other_fields():
 
 def test_dev_secret_is_refused_outside_development():
     with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
-        Settings(**URLS, APP_ENV="production")
+        Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET=DEV_JWT_SECRET)
     with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
         Settings(**URLS, APP_ENV="production", AUTH_JWT_SECRET="short")
     assert Settings(**URLS, APP_ENV="development").auth_jwt_secret.get_secret_value() == DEV_JWT_SECRET

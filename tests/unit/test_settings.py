@@ -79,3 +79,23 @@ def test_a_scheduler_account_without_an_audience_is_refused_in_production():
     ok = Settings(**PRODUCTION, DATABASE_URL="postgresql:///p", SCHEDULER_SERVICE_ACCOUNT="s@p.iam.gserviceaccount.com",
                   OIDC_AUDIENCE="https://cleanup.example.com")
     assert ok.oidc_audience == "https://cleanup.example.com"
+
+
+def test_production_without_a_jwt_secret_starts_and_accepts_no_bearer_token(monkeypatch):
+    # The consumer and the static functions get no AUTH_JWT_SECRET mounted (infra least privilege): they must
+    # start, and an instance without a secret must never verify a token (an empty HMAC key signs anything).
+    import jwt as pyjwt
+
+    from shared.auth import Role, authenticate, issue_token
+    from shared.errors import Unauthorized
+
+    monkeypatch.delenv("AUTH_JWT_SECRET", raising=False)
+    bare = {key: value for key, value in PRODUCTION.items() if key != "AUTH_JWT_SECRET"}
+    settings = Settings(**bare, DATABASE_URL="postgresql:///p")
+    assert settings.auth_jwt_secret.get_secret_value() == ""
+    forged = pyjwt.encode({"sub": "x", "aud": "authenticated", "exp": 4_102_444_800,
+                           "app_metadata": {"role": "admin"}}, "k" * 32, algorithm="HS256")
+    with pytest.raises(Unauthorized):
+        authenticate(f"Bearer {forged}", settings)
+    with pytest.raises(RuntimeError, match="AUTH_JWT_SECRET"):
+        issue_token(settings, role=Role.ADMIN, subject="x")
