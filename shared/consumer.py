@@ -29,6 +29,7 @@ from redis.backoff import ExponentialBackoff
 
 from shared import db
 from shared.bootstrap import Deps
+from shared.bulk_drain import drain_forever
 from shared.errors import DatabaseUnavailable, NotFound
 from shared.health import Level, record, record_detached
 from shared.outbox import deliver_pending
@@ -114,6 +115,8 @@ class Consumer:
         self.worker.on_first_poll = self.first_poll.set
         self._run_task = asyncio.create_task(self.worker.run(), name="bullmq-worker")
         await self._heartbeat()
+        self._tasks.append(asyncio.create_task(drain_forever(self.deps, self.gate, name=f"drain/{self.name}"),
+                                               name="bulk-drain"))  # bulk rows recorded while the queue was off
         for coro, name in ((self._every(s.consumer_heartbeat_s, self._heartbeat), "heartbeat"),
                            (self._every(s.reconcile_interval_s, self._reconcile_once), "reconciler"),
                            (self._every(s.outbox_interval_s, self._deliver_outbox), "outbox")):

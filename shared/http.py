@@ -27,8 +27,8 @@ def error_response(err: DomainError) -> JSONResponse:
     return JSONResponse(err.to_body(), status_code=err.status, headers=err.headers)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The JSON body; 413 past `max_bytes` (checked before and while reading), 422 when not JSON."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body; 413 past `max_bytes` (checked before and while reading: never buffered past it)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
@@ -39,8 +39,14 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         if size > max_bytes:
             raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The JSON body; 413 past `max_bytes` (checked before and while reading), 422 when not JSON."""
+    raw = await read_body(request, max_bytes)
     try:
-        return json.loads(b"".join(chunks) or b"null")
+        return json.loads(raw or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInput("the body is not valid JSON", details=[{"field": "body", "message": "invalid JSON"}]) \
             from None
