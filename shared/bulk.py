@@ -32,6 +32,7 @@ from shared.auth import Principal, Role
 from shared.bootstrap import Deps
 from shared.bulk_parse import UploadRow, parse_upload
 from shared.creation import Answer, new_request_id
+from shared.email_syntax import enable_domain_cache
 from shared.errors import IdempotencyKeyReused, NotFound
 from shared.health import Level
 from shared.models import CreateUserCommand, TrafficMode
@@ -59,6 +60,7 @@ def new_batch_id() -> str:
 
 def check_rows(rows: list[UploadRow]) -> CheckedUpload:
     """Validate each row with the model of `POST /api/users`; the second row of an address is a duplicate."""
+    enable_domain_cache()
     checked = CheckedUpload(rows=len(rows))
     first_row: dict[str, int] = {}
     for item in rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bench.cases.bulk import bulk_upload_5000
 from bench.cases.coldstart import cold_start
 from bench.cases.consumer import (
     consumer_1_process,
@@ -33,4 +34,5 @@ CASES: dict[str, Case] = {
     "idle_pickup": idle_pickup,
     "kill_switch_propagation": kill_switch_propagation,
     "cold_start": cold_start,
+    "bulk_upload_5000": bulk_upload_5000,
 }
