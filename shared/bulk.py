@@ -154,6 +154,8 @@ async def accept_upload(deps: Deps, principal: Principal, body: bytes, content_t
         return replay
     if use_queue and recorded["accepted"]:
         recorded = await _enqueue(deps, recorded, [i for i, row in recorded["ids"]])
+    elif not recorded["accepted"]:
+        await finish_batches(deps, batch_ids=[batch_id])  # nothing to create: done at once, with its event
     return _answer(deps, recorded)
 
 
@@ -222,8 +224,8 @@ async def _record(deps: Deps, principal: Principal, checked: CheckedUpload,
                 checked.duplicates.append({"row": row, "reason": "request_in_progress", "email": command.email})
         checked.duplicates.sort(key=lambda item: item["row"])
         cur = await conn.execute(
-            "UPDATE bulk_batches SET accepted = %s, duplicates = %s, finished_at = CASE WHEN %s = 0 THEN now() END"
-            " WHERE id = %s RETURNING *", (len(inserted), Jsonb(checked.duplicates), len(inserted), batch_id))
+            "UPDATE bulk_batches SET accepted = %s, duplicates = %s WHERE id = %s RETURNING *",
+            (len(inserted), Jsonb(checked.duplicates), batch_id))
         batch = dict(await cur.fetchone() or {})
         await health.record(conn, Level.INFO, "bulk_accepted",
                             f"bulk upload recorded: {len(inserted)} of {checked.rows} row(s) accepted ({path})",
