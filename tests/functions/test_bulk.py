@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from shared import bootstrap
 from shared.auth import Role, issue_token
 from tests.conftest import auth
 
@@ -232,35 +233,38 @@ async def test_own_recent_requests_list_only_the_callers(call, tokens):
         assert bad.status_code == 422, query
 
 
-async def test_queue_off_rows_are_recorded_202_then_drained_once_at_the_rate_limit(call, tokens, db, stack, deps):
+async def test_queue_off_rows_are_recorded_202_then_drained_once_at_the_rate_limit(call, tokens, db, stack, deps,
+                                                                                   deps_factory):
+    # a low global limit (3 starts per second) so a drain that ignored it could not go unnoticed
+    bootstrap.install(await deps_factory(RATE_LIMIT_MAX=3, RATE_LIMIT_DURATION_MS=1000))
     await set_mode(call, tokens, "sync_direct")
     before = len(stack.ses.sent_messages())
-    emails = [f"drain{i}@example.com" for i in range(25)]
+    emails = [f"drain{i}@example.com" for i in range(12)]
     r = await upload(call, tokens["sales_manager"], csv_file([f"{e},Drain {i},," for i, e in enumerate(emails)]))
     assert r.status_code == 202, r.text
     data = r.json()
-    assert data["accepted"] == 25 and data["path"] == "drain"
+    assert data["accepted"] == 12 and data["path"] == "drain"
     assert (await deps.queue.counts())["waiting"] == 0  # nothing went to the queue
     assert count(db, "users") == 0
 
     drained = await call("bulk_drain", "POST", "/api/admin/system/drain", headers=auth(tokens["admin"]))
     assert drained.status_code == 200, drained.text
-    assert drained.json()["created"] == 25 and drained.json()["batches_finished"] == 1
+    assert drained.json()["created"] == 12 and drained.json()["batches_finished"] == 1
     again = await call("bulk_drain", "POST", "/api/admin/system/drain", headers=auth(tokens["admin"]))
     assert again.json()["claimed"] == 0
 
-    assert count(db, "users") == 25
+    assert count(db, "users") == 12
     assert sorted(r["email"] for r in db.execute("SELECT email FROM users")) == sorted(emails)
     sent = stack.ses.sent_messages()[before:]
     assert sorted(m["to"][0] for m in sent) == sorted(emails)  # one welcome email each
     starts = sorted(r["t"] for r in db.execute(
         "SELECT extract(epoch FROM started_at)::float8 AS t FROM creation_attempts"))
-    assert len(starts) == 25
+    assert len(starts) == 12
     fullest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
-    assert fullest <= 10  # the default global limit: 10 starts in any 1 s window
+    assert fullest <= 3  # the global limit: 3 starts in any 1 s window
     progress = (await call("bulk_status", "GET", data["status_url"], headers=auth(tokens["sales_manager"]))).json()
-    assert progress == {**progress, "total": 25, "created": 25, "pending": 0, "done": True, "path": "drain"}
+    assert progress == {**progress, "total": 12, "created": 12, "pending": 0, "done": True, "path": "drain"}
     assert count(db, "system_health_logs", "event = 'bulk_finished'") == 1
     lines = results((await call("bulk_status", "GET", f"{data['status_url']}/results.csv",
                                 headers=auth(tokens["sales_manager"]))).text)
-    assert {line["status"] for line in lines} == {"created"} and len(lines) == 25
+    assert {line["status"] for line in lines} == {"created"} and len(lines) == 12
