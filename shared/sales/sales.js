@@ -10,7 +10,8 @@
 
   var FIELDS = ["email", "full_name", "phone", "product"];
   var FETCH_TIMEOUT_MS = 30000;
-  var S = { token: null, timer: null, batches: {}, file: null, preview: null, sending: false, uploadKey: null };
+  var S = { token: null, timer: null, batches: {}, recent: {}, file: null, preview: null, sending: false,
+            uploadKey: null, createKey: null };
 
   function $(id) { return document.getElementById(id); }
   function show(node, visible) { (typeof node === "string" ? $(node) : node).hidden = !visible; }
@@ -111,6 +112,7 @@
     clearInterval(S.timer);
     S.timer = null;
     S.batches = {};
+    S.recent = {};
     $("batch-list").textContent = "";
     $("recent-rows").textContent = "";
     show("desk", false);
@@ -363,23 +365,48 @@
     });
   }
 
+  /* Rows are keyed by request id and updated in place: a refresh never takes the focus from a button. */
   function renderRecent(items) {
     var tbody = $("recent-rows");
-    tbody.textContent = "";
     show("recent-empty", items.length === 0);
     show("recent-table", items.length > 0);
+    var keep = {};
     items.forEach(function (r) {
-      var tr = el("tr");
-      tr.dataset.request = r.request_id;
-      tr.appendChild(el("td", "cell-email", r.email));
-      tr.appendChild(el("td", null, r.full_name));
-      var status = el("td");
-      status.appendChild(el("span", "badge badge-" + r.status, r.status));
-      if (r.error) { status.appendChild(el("span", "cell-error", " " + r.error)); }
-      tr.appendChild(status);
-      tr.appendChild(el("td", "cell-id", r.batch_id ? r.batch_id.slice(0, 12) + "… row " + r.row : "single"));
-      tr.appendChild(el("td", null, new Date(r.created_at).toLocaleString()));
-      tbody.appendChild(tr);
+      keep[r.request_id] = true;
+      var tr = S.recent[r.request_id];
+      if (!tr) {
+        tr = el("tr");
+        tr.dataset.request = r.request_id;
+        tr.appendChild(el("td", "cell-email", r.email));
+        tr.appendChild(el("td", null, r.full_name));
+        tr.appendChild(el("td"));
+        var origin = el("td", "cell-id");
+        if (r.batch_id) {
+          origin.appendChild(el("span", null, r.batch_id.slice(0, 12) + "… row " + r.row + " "));
+          var csvLink = el("button", "btn btn-small", "results.csv");
+          csvLink.type = "button";
+          csvLink.setAttribute("aria-label", "results.csv of upload " + r.batch_id);
+          csvLink.addEventListener("click", function () { downloadResults(r.batch_id); });
+          origin.appendChild(csvLink);
+        } else {
+          origin.textContent = "single";
+        }
+        tr.appendChild(origin);
+        tr.appendChild(el("td", null, new Date(r.created_at).toLocaleString()));
+        S.recent[r.request_id] = tr;
+      }
+      var status = tr.children[2];
+      var shown = r.status + "|" + (r.error || "");
+      if (status.dataset.shown !== shown) {
+        status.dataset.shown = shown;
+        status.textContent = "";
+        status.appendChild(el("span", "badge badge-" + r.status, r.status));
+        if (r.error) { status.appendChild(el("span", "cell-error", " " + r.error)); }
+      }
+      tbody.appendChild(tr);  // keeps the server's order (newest first)
+    });
+    Object.keys(S.recent).forEach(function (id) {
+      if (!keep[id]) { S.recent[id].remove(); delete S.recent[id]; }
     });
   }
 

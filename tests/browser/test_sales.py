@@ -120,6 +120,10 @@ def test_csv_preview_shows_row_errors_before_sending_and_the_batch_is_followed_t
         ("6", "created"), ("7", "created")]
     assert system.sql("SELECT full_name FROM users WHERE email = 'buyer5@example.com'") == [
         {"full_name": '=HYPERLINK("http://evil.example")'}]  # stored as typed, never run: see results.csv rules
+    recent = page.locator("#recent-rows tr", has_text="buyer4@example.com")
+    with page.expect_download() as info:  # the same file from the caller's recent requests
+        recent.get_by_role("button", name="results.csv").click()
+    assert Path(info.value.path()).read_text() == Path(download.path()).read_text()
 
 
 @pytest.mark.parametrize(("content", "says"), [
