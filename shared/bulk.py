@@ -270,12 +270,12 @@ async def _enqueue(deps: Deps, batch: dict[str, Any], request_ids: list[str]) ->
 # -- progress -----------------------------------------------------------------------------------------------------
 
 _PROGRESS = """
-SELECT b.*, count(r.id) AS total,
-       count(r.id) FILTER (WHERE r.status = 'created') AS created,
-       count(r.id) FILTER (WHERE r.status = 'failed') AS failed,
-       count(r.id) FILTER (WHERE r.status IN ('queued', 'processing')) AS pending
-FROM bulk_batches b LEFT JOIN creation_requests r ON r.batch_id = b.id
-WHERE b.id = %s GROUP BY b.id
+SELECT b.*, c.total, c.created, c.failed, c.pending
+FROM bulk_batches b CROSS JOIN LATERAL (
+    SELECT count(*) AS total, count(*) FILTER (WHERE r.status = 'created') AS created,
+           count(*) FILTER (WHERE r.status = 'failed') AS failed,
+           count(*) FILTER (WHERE r.status IN ('queued', 'processing')) AS pending
+    FROM creation_requests r WHERE r.batch_id = b.id) c
 """
 
 
@@ -284,7 +284,7 @@ async def _load_batch(deps: Deps, principal: Principal, batch_id: str) -> dict[s
     if not batch_id.startswith("bat_") or len(batch_id) > 40:
         raise NotFound("no such batch")
     async with db.connection(deps.pool) as conn:
-        cur = await conn.execute(_PROGRESS, (batch_id,))
+        cur = await conn.execute(_PROGRESS + " WHERE b.id = %s", (batch_id,))
         batch = await cur.fetchone()
     if batch is None or (principal.role is not Role.ADMIN and batch["actor"] != principal.subject):
         raise NotFound("no such batch")
@@ -312,15 +312,8 @@ async def batch_status(deps: Deps, principal: Principal, batch_id: str) -> dict[
 async def own_batches(deps: Deps, principal: Principal, limit: int) -> list[dict[str, Any]]:
     """The caller's most recent batches with their progress, newest first."""
     async with db.connection(deps.pool) as conn:
-        cur = await conn.execute(
-            "SELECT b.*, count(r.id) AS total, count(r.id) FILTER (WHERE r.status = 'created') AS created,"
-            " count(r.id) FILTER (WHERE r.status = 'failed') AS failed,"
-            " count(r.id) FILTER (WHERE r.status IN ('queued', 'processing')) AS pending"
-            " FROM (SELECT * FROM bulk_batches WHERE actor = %s ORDER BY created_at DESC LIMIT %s) b"
-            " LEFT JOIN creation_requests r ON r.batch_id = b.id"
-            " GROUP BY b.id, b.actor, b.idempotency_key, b.body_hash, b.rows_in_file, b.accepted, b.rejected,"
-            " b.duplicates, b.path, b.enqueued, b.created_at, b.finished_at ORDER BY b.created_at DESC",
-            (principal.subject, limit))
+        cur = await conn.execute(_PROGRESS + " WHERE b.actor = %s ORDER BY b.created_at DESC LIMIT %s",
+                                 (principal.subject, limit))
         return [_progress(dict(row)) for row in await cur.fetchall()]
 
 
