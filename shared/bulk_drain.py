@@ -15,6 +15,7 @@ consumer (a background loop, so the rows go as soon as a consumer is back). Its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -89,15 +90,17 @@ class _Pacer:
         return None
 
 
-async def drain(deps: Deps, *, budget_s: float, name: str, gate: StartGate | None = None) -> DrainReport:
-    """Create drain rows for at most `budget_s` (or until none is left), `CONSUMER_CONCURRENCY` at a time."""
+async def drain(deps: Deps, *, budget_s: float, name: str, gate: StartGate | None = None,
+                stop: asyncio.Event | None = None) -> DrainReport:
+    """Create drain rows for at most `budget_s` (or until none is left, or `stop` is set: the row in hand is
+    finished, no new one is claimed), `CONSUMER_CONCURRENCY` at a time."""
     s = deps.settings
     pacer = _Pacer(gate or StartGate(deps.queue.client, gate_key(deps), s.rate_limit_max, s.rate_limit_duration_ms))
     report = DrainReport()
     deadline = time.monotonic() + budget_s
 
     async def worker() -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             async with db.connection(deps.pool) as conn:
                 cur = await conn.execute(_CLAIM, (s.bulk_drain_lease_s,))
                 claimed = await cur.fetchone()
@@ -178,13 +181,14 @@ async def _failed_attempt(deps: Deps, request_id: str, attempt_id: int | None, a
                          f"after {deps.settings.bulk_drain_lease_s:g} s", meta, source=deps.source)
 
 
-async def drain_forever(deps: Deps, gate: StartGate, *, name: str) -> None:
-    """The consumer's loop: drain whenever there is work, look again every `BULK_DRAIN_IDLE_S`."""
+async def drain_forever(deps: Deps, gate: StartGate, *, name: str, stop: asyncio.Event) -> None:
+    """The consumer's loop: drain whenever there is work, look again every `BULK_DRAIN_IDLE_S`; once `stop` is
+    set (the consumer shuts down) it finishes the rows in hand and claims no more."""
     failing = False
-    while True:
+    while not stop.is_set():
         claimed = 0
         try:
-            report = await drain(deps, budget_s=deps.settings.bulk_drain_budget_s, name=name, gate=gate)
+            report = await drain(deps, budget_s=deps.settings.bulk_drain_budget_s, name=name, gate=gate, stop=stop)
             claimed, failing = report.claimed, False
         except asyncio.CancelledError:
             raise
@@ -196,4 +200,5 @@ async def drain_forever(deps: Deps, gate: StartGate, *, name: str) -> None:
                                       f"bulk drain pass of {name} failed ({type(exc).__name__}); retrying",
                                       {"drain": name, "error": type(exc).__name__}, source=deps.source)
         if not claimed:
-            await asyncio.sleep(deps.settings.bulk_drain_idle_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), deps.settings.bulk_drain_idle_s)
