@@ -13,6 +13,7 @@ import pytest
 from shared import bootstrap
 from shared.auth import Role, issue_token
 from tests.conftest import auth
+from tests.support.pii import find_secrets
 
 CSV_TYPE = {"Content-Type": "text/csv"}
 
@@ -42,7 +43,7 @@ def results(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-async def test_csv_upload_is_recorded_in_one_batch_and_queued_with_ids_only(call, tokens, db, deps):
+async def test_csv_upload_is_recorded_in_one_batch_and_queued_with_ids_only(call, tokens, db, deps, stack):
     content = ("\ufeff" + 'EMAIL;Full_Name;Phone\r\n"ann@example.com";"Ann ""The Buyer"" Lee";+1 555 0100\r\n'
                'bob@example.com;Bob;\r\n;;\r\n"carol@example.com";"Carol\r\n').encode()
     content += b'Smith";\r\n'  # a quoted field with a line break: one record, rejected (no line breaks in a name)
@@ -71,6 +72,7 @@ async def test_csv_upload_is_recorded_in_one_batch_and_queued_with_ids_only(call
     event = db.execute("SELECT level, metadata FROM system_health_logs WHERE event = 'bulk_accepted'").fetchone()
     assert event["level"] == "INFO" and event["metadata"]["accepted"] == 2 and event["metadata"]["rejected"] == 1
     assert "@" not in json.dumps(event["metadata"])
+    assert find_secrets(stack.redis_url, stack.queue_prefix, stack.database_url, [b"ann@example.com"]) == []
 
 
 async def test_rejected_rows_and_duplicates_are_reported_and_never_written(call, tokens, db):
