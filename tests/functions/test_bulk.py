@@ -3,6 +3,7 @@ real PostgreSQL and Redis, SES emulator."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -270,3 +271,19 @@ async def test_queue_off_rows_are_recorded_202_then_drained_once_at_the_rate_lim
     lines = results((await call("bulk_status", "GET", f"{data['status_url']}/results.csv",
                                 headers=auth(tokens["sales_manager"]))).text)
     assert {line["status"] for line in lines} == {"created"} and len(lines) == 12
+
+
+async def test_concurrent_uploads_sharing_addresses_make_one_request_per_address(call, tokens, db):
+    shared = [f"both{i}@example.com,Both {i},," for i in range(40)]
+    first = csv_file(shared + [f"only-a{i}@example.com,A {i},," for i in range(5)])
+    second = csv_file([f"only-b{i}@example.com,B {i},," for i in range(5)] + shared)
+    answers = await asyncio.gather(upload(call, tokens["sales_manager"], first),
+                                   upload(call, tokens["other_sales"], second))
+    assert [a.status_code for a in answers] == [202, 202]
+    bodies = [a.json() for a in answers]
+    assert bodies[0]["accepted"] + bodies[1]["accepted"] == 50  # 40 shared addresses once, 5 + 5 own
+    assert len(bodies[0]["duplicates"]) + len(bodies[1]["duplicates"]) == 40
+    assert {d["reason"] for b in bodies for d in b["duplicates"]} == {"request_in_progress"}
+    per_address = db.execute("SELECT email_normalized, count(*) AS n FROM creation_requests"
+                             " GROUP BY email_normalized HAVING count(*) > 1").fetchall()
+    assert per_address == [] and count(db, "creation_requests") == 50
