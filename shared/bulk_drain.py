@@ -15,6 +15,7 @@ consumer (a background loop, so the rows go as soon as a consumer is back). Its 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -67,27 +68,34 @@ def gate_key(deps: Deps) -> str:
 
 
 class _Pacer:
-    """The shared Redis gate; the same rate paced in this process once Redis cannot be reached."""
+    """The shared Redis gate; once Redis cannot be reached, the same sliding window kept in this process."""
 
     def __init__(self, gate: StartGate) -> None:
         self.gate = gate
-        self.interval_s = gate.duration_ms / 1000 / gate.max_starts if gate.max_starts > 0 else 0.0
+        self.window_s = gate.duration_ms / 1000
         self.local_since: str | None = None
-        self._next = 0.0
+        self._starts: collections.deque[float] = collections.deque()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> int | None:
+        """Wait for a start; the start time (epoch ms) it was granted at, None when the limit is off."""
         if self.local_since is None:
             try:
                 return await self.gate.acquire()
             except Exception as exc:
                 self.local_since = type(exc).__name__
-        async with self._lock:
-            now = time.monotonic()
-            wait = max(0.0, self._next - now)
-            self._next = max(now, self._next) + self.interval_s
-        await asyncio.sleep(wait)
-        return None
+        if self.gate.max_starts <= 0:
+            return None
+        async with self._lock:  # the gate's own rule: at most max starts in any window, a 2 ms margin
+            while True:
+                now = time.monotonic()
+                while self._starts and self._starts[0] <= now - self.window_s - 0.002:
+                    self._starts.popleft()
+                if len(self._starts) < self.gate.max_starts:
+                    break
+                await asyncio.sleep(self._starts[0] + self.window_s + 0.002 - now)
+            self._starts.append(time.monotonic())
+            return int(time.time() * 1000)
 
 
 async def drain(deps: Deps, *, budget_s: float, name: str, gate: StartGate | None = None,

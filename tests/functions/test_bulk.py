@@ -287,3 +287,21 @@ async def test_concurrent_uploads_sharing_addresses_make_one_request_per_address
     per_address = db.execute("SELECT email_normalized, count(*) AS n FROM creation_requests"
                              " GROUP BY email_normalized HAVING count(*) > 1").fetchall()
     assert per_address == [] and count(db, "creation_requests") == 50
+
+
+async def test_with_redis_unreachable_the_drain_paces_itself_at_the_limit_and_says_so(call, tokens, db, proxy,
+                                                                                      deps_factory):
+    bootstrap.install(await deps_factory(REDIS_URL=proxy.url, RATE_LIMIT_MAX=3, RATE_LIMIT_DURATION_MS=1000))
+    proxy.set_mode("refuse")  # Redis is gone: no consumer can run, the scheduled drain still must
+    await set_mode(call, tokens, "sync_direct")
+    r = await upload(call, tokens["sales_manager"], csv_file([f"paced{i}@example.com,Paced {i},," for i in range(7)]))
+    assert r.status_code == 202 and r.json()["path"] == "drain"
+    drained = await call("bulk_drain", "POST", "/api/admin/system/drain", headers=auth(tokens["admin"]))
+    assert drained.status_code == 200, drained.text
+    assert drained.json()["created"] == 7 and drained.json()["paced_locally"] is True
+    starts = sorted(r["t"] for r in db.execute(
+        "SELECT extract(epoch FROM started_at)::float8 AS t FROM creation_attempts"))
+    assert max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts) <= 3
+    warning = db.execute("SELECT level FROM system_health_logs WHERE event = 'bulk_drain_local_pacing'").fetchall()
+    assert warning == [{"level": "WARNING"}]
+    assert count(db, "users") == 7
