@@ -27,7 +27,8 @@ from shared.models import CreateUserCommand
 from shared.settings import Settings
 from tests.support.stack import Stack
 
-TABLES = "users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs"
+TABLES = ("users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs,"
+          " bulk_batches")
 BENCH = Path(__file__).resolve().parent
 
 

@@ -29,6 +29,7 @@ from redis.backoff import ExponentialBackoff
 
 from shared import db, tracing
 from shared.bootstrap import Deps
+from shared.bulk_drain import drain_forever
 from shared.errors import DatabaseUnavailable, NotFound
 from shared.health import Level, record, record_detached
 from shared.job_tracing import job_span
@@ -120,6 +121,9 @@ class Consumer:
         self.worker.on_first_poll = self.first_poll.set
         self._run_task = asyncio.create_task(self.worker.run(), name="bullmq-worker")
         await self._heartbeat()
+        self._tasks.append(asyncio.create_task(  # bulk rows recorded while the queue was off
+            drain_forever(self.deps, self.gate, name=f"drain/{self.name}", stop=self.stop_requested),
+            name="bulk-drain"))
         for coro, name in ((self._every(s.consumer_heartbeat_s, self._heartbeat), "heartbeat"),
                            (self._every(s.reconcile_interval_s, self._reconcile_once), "reconciler"),
                            (self._every(s.outbox_interval_s, self._deliver_outbox), "outbox")):

@@ -26,6 +26,20 @@ class InvalidInput(DomainError):
     status, code = 422, "invalid_input"
 
 
+class InvalidFile(InvalidInput):
+    """A bulk upload that cannot be read as a whole (empty, no header, binary, not UTF-8, bad JSON)."""
+
+    code = "invalid_file"
+
+
+class TooManyRows(InvalidInput):
+    code = "too_many_rows"
+
+
+class UnsupportedMediaType(DomainError):
+    status, code = 415, "unsupported_media_type"
+
+
 class IdempotencyKeyReused(DomainError):
     status, code = 422, "idempotency_key_reused"
 

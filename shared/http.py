@@ -38,12 +38,8 @@ def _declared_length(request: Request) -> int | None:
     return int(declared) if declared.isascii() and declared.isdigit() and len(declared) < 20 else None
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The JSON body; 413 past `max_bytes` (checked before and while reading), 422 when not JSON.
-
-    Every way a body can fail to parse is a 422: invalid UTF-8, bad syntax, nesting deeper than the parser's
-    recursion limit, and integers longer than Python's 4,300-digit conversion limit.
-    """
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body; 413 past `max_bytes` (checked before and while reading: never buffered past it)."""
     declared = _declared_length(request)
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
@@ -54,8 +50,18 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         if size > max_bytes:
             raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The JSON body; 413 past `max_bytes` (checked before and while reading), 422 when not JSON.
+
+    Every way a body can fail to parse is a 422: invalid UTF-8, bad syntax, nesting deeper than the parser's
+    recursion limit, and integers longer than Python's 4,300-digit conversion limit.
+    """
+    raw = await read_body(request, max_bytes)
     try:
-        return json.loads(b"".join(chunks) or b"null")
+        return json.loads(raw or b"null")
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidInput("the body is not valid JSON", details=[{"field": "body", "message": "invalid JSON"}]) \
             from None

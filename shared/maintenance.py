@@ -7,6 +7,7 @@ from typing import Any
 
 from shared import health
 from shared.bootstrap import Deps
+from shared.bulk_drain import drain
 from shared.errors import DatabaseUnavailable
 from shared.outbox import deliver_pending
 from shared.reconciler import reconcile
@@ -44,4 +45,20 @@ async def _reconcile(deps: Deps) -> dict[str, Any] | None:
                                      f"scheduled reconcile did not finish ({type(exc).__name__})",
                                      {"error": type(exc).__name__}, source=deps.source)
         return None
+    return report.to_dict()
+
+
+async def run_drain(deps: Deps) -> dict[str, Any]:
+    """The scheduled drain (every minute): bulk rows recorded while the queue was off, created at the global
+    rate limit for at most `BULK_DRAIN_BUDGET_S`. A failure leaves an ERROR event and is raised."""
+    try:
+        report = await drain(deps, budget_s=deps.settings.bulk_drain_budget_s, name=f"drain/{deps.source}")
+    except DatabaseUnavailable:
+        log.error("bulk drain failed: database unavailable")
+        raise
+    except Exception as exc:
+        await health.record_detached(deps.pool, health.Level.ERROR, "bulk_drain_failed",
+                                     f"scheduled bulk drain failed ({type(exc).__name__})",
+                                     {"error": type(exc).__name__}, source=deps.source)
+        raise
     return report.to_dict()

@@ -68,6 +68,13 @@ class JobQueue:
             add = self.queue.add(JOB_NAME, {"request_id": request_id}, job_options(self.settings, request_id))
             await asyncio.wait_for(add, timeout_s or self.settings.redis_timeout_s * 2)
 
+    async def enqueue_many(self, request_ids: list[str], *, timeout_s: float | None = None) -> None:
+        """Add many creation jobs in one round trip (bullmq's `addBulk`: one MULTI pipeline, so a chunk lands
+        whole or not at all); raises on timeout or any Redis error."""
+        jobs = [{"name": JOB_NAME, "data": {"request_id": request_id},
+                 "opts": job_options(self.settings, request_id)} for request_id in request_ids]
+        await asyncio.wait_for(self.queue.addBulk(jobs), timeout_s or max(2.0, self.settings.redis_timeout_s * 8))
+
     async def remove_job(self, job_id: str) -> None:
         """Delete a finished job (so its id can be used again); a missing job is fine."""
         await asyncio.wait_for(self.queue.remove(job_id), self.settings.redis_timeout_s * 4)

@@ -46,7 +46,9 @@ async def reconcile(pool: AsyncConnectionPool, queue: JobQueue, *, grace_s: floa
     async with db.connection(pool) as conn:
         cur = await conn.execute(
             "SELECT id, mode, status FROM creation_requests WHERE status IN ('queued', 'processing')"
-            " AND updated_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s",
+            " AND updated_at < now() - make_interval(secs => %s)"
+            " AND NOT (batch_id IS NOT NULL AND mode = 'sync_direct')"  # bulk rows off the queue: the drain's
+            " ORDER BY created_at LIMIT %s",
             (grace_s, limit),
         )
         rows = await cur.fetchall()

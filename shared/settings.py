@@ -95,6 +95,13 @@ class Settings(BaseSettings):
 
     log_retention_days: int = Field(7, alias="LOG_RETENTION_DAYS", ge=1)
     max_body_bytes: int = Field(16 * 1024, alias="MAX_BODY_BYTES", ge=1024)
+    # Bulk uploads (POST /api/users/bulk) and the drain that creates their rows while the queue is off.
+    bulk_max_bytes: int = Field(2 * 1024 * 1024, alias="BULK_MAX_BYTES", ge=1024)
+    bulk_max_rows: int = Field(5000, alias="BULK_MAX_ROWS", ge=1)
+    bulk_enqueue_chunk: int = Field(250, alias="BULK_ENQUEUE_CHUNK", ge=1, le=5000)
+    bulk_drain_budget_s: float = Field(45.0, alias="BULK_DRAIN_BUDGET_S", gt=0)
+    bulk_drain_lease_s: float = Field(120.0, alias="BULK_DRAIN_LEASE_S", gt=0)
+    bulk_drain_idle_s: float = Field(2.0, alias="BULK_DRAIN_IDLE_S", gt=0)
     public_base_url: str = Field("", alias="PUBLIC_BASE_URL")
     instance_name: str = Field("", alias="INSTANCE_NAME")
 

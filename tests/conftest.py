@@ -26,7 +26,8 @@ from tests.support.processes import ConsumerProcess
 from tests.support.proxy import FaultProxy
 from tests.support.stack import TEST_JWT_SECRET, TEST_LIMITS, Stack, running_stack
 
-TABLES = "users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs"
+TABLES = ("users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs,"
+          " bulk_batches")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.cases.accounts import sign_in
+from bench.cases.bulk import bulk_upload_5000
 from bench.cases.coldstart import cold_start
 from bench.cases.consumer import (
     consumer_1_process,
@@ -39,4 +40,5 @@ CASES: dict[str, Case] = {
     "cold_start": cold_start,
     "tracing_cost_202": tracing_cost_202,
     "sign_in": sign_in,
+    "bulk_upload_5000": bulk_upload_5000,
 }

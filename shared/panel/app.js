@@ -14,7 +14,6 @@
 (function () {
   "use strict";
 
-  var TOKEN_KEY = "provisioner.adminToken";
   var MAX_LOGS = 200;
   var FIRST_LOGS = 50;
   var INCREMENTAL_LOGS = 200;
@@ -200,26 +199,16 @@
 
   function storeToken(token) {
     S.token = token;
-    try { window.sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* private mode: tab memory only */ }
+    window.ProvisionerSession.store(token);
   }
 
   function forgetToken() {
     S.token = null;
-    try { window.sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* ignore */ }
-  }
-
-  function tokenFromFragment() {
-    var hash = window.location.hash || "";
-    var match = /(?:^#|&)token=([^&]+)/.exec(hash);
-    if (!match) { return null; }
-    var token = null;
-    try { token = decodeURIComponent(match[1]); } catch (e) { token = match[1]; }
-    window.history.replaceState(null, "", window.location.pathname + window.location.search);
-    return token;
+    window.ProvisionerSession.forget();
   }
 
   function signIn(token) {
-    token = (token || "").trim().replace(/^Bearer\s+/i, "");
+    token = window.ProvisionerSession.clean(token);
     if (!token) {
       showAuthMessage("Paste an admin token first.");
       $("token-input").focus();
@@ -1112,10 +1101,7 @@
       if (S.signedIn && S.mode) { renderSwitch(); }
     }, 1000);
 
-    var token = tokenFromFragment();
-    if (!token) {
-      try { token = window.sessionStorage.getItem(TOKEN_KEY); } catch (e) { token = null; }
-    }
+    var token = window.ProvisionerSession.initial();
     if (token) { signIn(token); } else { $("token-input").focus(); }
     // signin.js (email + password) hands the token it gets to the same sign-in path as a pasted one.
     window.provisionerPanel = { signIn: signIn };

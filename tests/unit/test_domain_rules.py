@@ -99,3 +99,37 @@ def test_a_remembered_token_still_expires_and_another_secret_does_not_reuse_it()
     _time.sleep(1.1)
     with pytest.raises(Unauthorized, match="expired"):
         authenticate(f"Bearer {token}", settings)
+
+
+def test_the_cached_domain_check_answers_exactly_like_the_library():
+    import sys
+
+    from email_validator import EmailNotValidError, validate_email
+
+    from shared.email_syntax import enable_domain_cache
+
+    samples = ["Ann@Example.COM", "bob@bücher.example", "c@xn--bcher-kva.example", "d@localhost", "e@example",
+               "f@exa_mple.com", "g@-example.com", "h@example.test", "i@sub.Example.com"]
+
+    def answers() -> list[str]:
+        out = []
+        for address in samples:
+            try:
+                checked = validate_email(address, check_deliverability=False, allow_smtputf8=True, strict=True)
+                out.append(f"ok {checked.normalized} {checked.ascii_domain}")
+            except EmailNotValidError as exc:
+                out.append(f"refused {exc}")
+        return out
+
+    module = sys.modules["email_validator.validate_email"]
+    assert enable_domain_cache()
+    cached = module.validate_email_domain_name
+    assert hasattr(cached, "cache_info")
+    module.validate_email_domain_name = cached.__wrapped__  # the library's own function, for the reference
+    try:
+        reference = answers()
+    finally:
+        module.validate_email_domain_name = cached
+    assert answers() == answers() == reference  # the second pass answers from the cache
+    assert cached.cache_info().hits > 0
+    assert sum(a.startswith("refused") for a in reference) >= 4  # invalid domains stay refused
