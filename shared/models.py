@@ -78,6 +78,8 @@ class SetModeCommand(BaseModel):
     mode: TrafficMode
     reason: Annotated[PlainText, Field(min_length=3, max_length=500)]
     expected_version: Annotated[int, Field(ge=1)] | None = None
+    # The switch returns to the previous mode by itself after this long.
+    revert_after_s: Annotated[int, Field(ge=60, le=86_400, strict=True)] | None = None
 
 
 class LogQuery(BaseModel):
@@ -89,6 +91,15 @@ class LogQuery(BaseModel):
     level: Annotated[str, Field(pattern=r"^(INFO|WARNING|ERROR|SWITCH)$")] | None = None
     after_id: Annotated[int, Field(ge=0)] | None = None
     before_id: Annotated[int, Field(ge=1)] | None = None  # pages back through older events
+
+
+class AuditQuery(BaseModel):
+    """Paging of the audit trail."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    after_id: Annotated[int, Field(ge=1)] | None = None  # older rows: id < after_id
 
 
 def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
