@@ -24,6 +24,6 @@ async def list_requests(request: Request, deps: Deps, principal: Principal) -> d
                            details=[{"field": f, "message": "unknown"} for f in unknown]
                            + [{"field": f, "message": "given more than once"} for f in repeated])
     limit = params.get("limit", "50")
-    if not limit.isdigit() or len(limit) > 4:
+    if not limit.isascii() or not limit.isdigit() or len(limit) > 4:
         raise InvalidInput("limit must be 1-500", details=[{"field": "limit", "message": "1-500"}])
     return await search_requests(deps, parse_filter(params), limit=int(limit), cursor=params.get("cursor") or None)

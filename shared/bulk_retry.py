@@ -39,7 +39,7 @@ class BulkRetryCommand(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    request_ids: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
+    request_ids: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,100}$")]] | None = None
     filter: dict[str, Any] | None = None
     reason: Annotated[PlainText, Field(min_length=3, max_length=500)]
     dry_run: StrictBool = False

@@ -58,13 +58,13 @@ def parse_time(field: str, value: str) -> datetime:
 def parse_filter(values: Mapping[str, Any], *, prefix: str = "") -> RequestFilter:
     """Check the filter fields (query parameters or a JSON object); 422 names the bad one."""
     q = values.get("q")
-    if q is not None and (not isinstance(q, str) or len(q) > MAX_Q):
+    if q is not None and (not isinstance(q, str) or len(q) > MAX_Q or "\x00" in q):
         raise _bad(prefix + "q", f"text of at most {MAX_Q} characters")
     status = values.get("status")
     if status is not None and status not in STATUSES:
         raise _bad(prefix + "status", f"one of {', '.join(STATUSES)}")
     actor = values.get("actor")
-    if actor is not None and (not isinstance(actor, str) or len(actor) > 200):
+    if actor is not None and (not isinstance(actor, str) or len(actor) > 200 or "\x00" in actor):
         raise _bad(prefix + "actor", "text of at most 200 characters")
     since, until = values.get("from"), values.get("to")
     for name, value in (("from", since), ("to", until)):

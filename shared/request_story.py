@@ -4,6 +4,7 @@ log): the request row, each consumer attempt, each retry, the user, the welcome 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from shared.bootstrap import Deps
 from shared.errors import NotFound
 from shared.request_search import REQUEST_COLUMNS, request_view
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 FALLBACK_WHY = {"redis_unavailable": "Redis was unavailable", "no_consumer": "no consumer was alive"}
 
 
@@ -30,6 +32,8 @@ async def _password_set_column(conn: AsyncConnection[Any]) -> bool:
 
 async def request_story(deps: Deps, request_id: str) -> dict[str, Any]:
     """`{request, trace_id, timeline: [{at, kind, detail}]}`; 404 for an unknown id."""
+    if not REQUEST_ID.fullmatch(request_id):
+        raise NotFound("no such creation request")
     async with db.connection(deps.pool) as conn:
         cur = await conn.execute(f"SELECT {REQUEST_COLUMNS} FROM creation_requests WHERE id = %s",  # noqa: S608
                                  (request_id,))

@@ -19,6 +19,7 @@ from bench.cases.http import (
     kill_switch_propagation,
     sync_create_1_client,
 )
+from bench.cases.search import search_1m
 
 Case = Callable[[Any], Awaitable[dict[str, Any]]]
 
@@ -33,4 +34,5 @@ CASES: dict[str, Case] = {
     "idle_pickup": idle_pickup,
     "kill_switch_propagation": kill_switch_propagation,
     "cold_start": cold_start,
+    "search_1m": search_1m,
 }

@@ -103,7 +103,10 @@ async def test_more_than_10000_matches_needs_a_narrower_filter(call, tokens, db)
                                   {"reason": "neither"}, {"request_ids": ["a"], "filter": {}, "reason": "both"},
                                   {"filter": {"colour": "red"}, "reason": "unknown field"},
                                   {"filter": {"from": "yesterday"}, "reason": "bad time"},
-                                  {"filter": {"status": "failed"}, "reason": "fine", "dry_run": "yes"}])
+                                  {"filter": {"status": "failed"}, "reason": "fine", "dry_run": "yes"},
+                                  {"request_ids": ["a\x00b"], "reason": "nul"},
+                                  {"filter": {"q": "\x00"}, "reason": "nul"},
+                                  {"filter": {"status": "failed", "to": 5}, "reason": "not a time"}])
 async def test_bad_bulk_retry_is_422(call, tokens, db, body):
     r = await call("bulk_retry", "POST", URL, headers=auth(tokens["admin"]), json=body)
     assert r.status_code == 422, r.text

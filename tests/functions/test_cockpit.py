@@ -107,7 +107,8 @@ async def test_search_filters_and_keyset_pages_newest_first(call, tokens, db):
 @pytest.mark.parametrize("params", [{"colour": "red"}, {"from": "yesterday"}, {"to": "2026-13-01"},
                                     {"status": "weird"}, {"limit": "0"}, {"limit": "501"}, {"limit": "ten"},
                                     {"cursor": "abc"}, {"from": "2026-02-01", "to": "2026-01-01"},
-                                    {"q": "x" * 201}])
+                                    {"q": "x" * 201}, {"q": "a\x00b"}, {"actor": "\x00"}, {"limit": "²"},
+                                    {"from": "2026-01-01T00:00:00+25:00"}])
 async def test_bad_search_input_is_422(call, tokens, params):
     r = await call("list_requests", "GET", "/api/admin/requests", params=params, headers=auth(tokens["admin"]))
     assert r.status_code == 422, r.text
@@ -176,8 +177,9 @@ async def test_story_shows_attempts_retries_and_failure(call, tokens, db):
     assert [s["kind"] for s in story["timeline"]][:2] == ["recorded", "queued"]
 
 
-async def test_story_of_unknown_request_is_404(call, tokens):
-    r = await call("request_story", "GET", "/api/admin/requests/req_nothing", headers=auth(tokens["admin"]))
+@pytest.mark.parametrize("request_id", ["req_nothing", "req%00x", "r" * 101, "caf%C3%A9"])
+async def test_story_of_unknown_request_is_404(call, tokens, request_id):
+    r = await call("request_story", "GET", f"/api/admin/requests/{request_id}", headers=auth(tokens["admin"]))
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
