@@ -104,6 +104,19 @@ async def test_search_filters_and_keyset_pages_newest_first(call, tokens, db):
     assert [i["request_id"] for i in r.json()["items"]] == ["req_a3"]
 
 
+async def test_search_finds_old_matches_behind_many_newer_requests(call, tokens, db):
+    db.execute("INSERT INTO creation_requests (id, actor, body_hash, email, email_normalized, full_name, mode, status,"
+               " created_at) SELECT 'req_n' || g, 's', 'h', 'n' || g || '@example.com', 'n' || g || '@example.com',"
+               " 'N', 'async_queue', 'created', now() - make_interval(secs => g) FROM generate_series(1, 2500) AS g")
+    admin = auth(tokens["admin"])
+    r = await call("list_requests", "GET", "/api/admin/requests", params={"q": "N2499@"}, headers=admin)
+    assert [i["request_id"] for i in r.json()["items"]] == ["req_n2499"]  # older than the newest 2,000
+    r = await call("list_requests", "GET", "/api/admin/requests", params={"q": "n24", "limit": "500"}, headers=admin)
+    ids = [i["request_id"] for i in r.json()["items"]]
+    expected = sorted((f"req_n{g}" for g in range(1, 2501) if "n24" in f"n{g}@"), key=lambda i: int(i[5:]))
+    assert ids == expected and r.json()["next_cursor"] is None
+
+
 @pytest.mark.parametrize("params", [{"colour": "red"}, {"from": "yesterday"}, {"to": "2026-13-01"},
                                     {"status": "weird"}, {"limit": "0"}, {"limit": "501"}, {"limit": "ten"},
                                     {"cursor": "abc"}, {"from": "2026-02-01", "to": "2026-01-01"},
