@@ -153,16 +153,20 @@ def request_view(r: Mapping[str, Any]) -> dict[str, Any]:
 
 
 RECENT_WINDOW = 2000
+# The LIKE pattern, folded and escaped by immutable functions: the planner computes it once, as a constant.
+_PATTERN = ("'%%' || replace(replace(replace(search_fold(%(q)s), '\\', '\\\\'), '%%', '\\%%'), '_', '\\_')"
+            " || '%%'")
 
 
 async def search_requests(deps: Deps, flt: RequestFilter, *, limit: int, cursor: str | None) -> dict[str, Any]:
     """`{items, next_cursor}`, newest first; next_cursor is null on the last page.
 
-    With `q`, two steps, because PostgreSQL's estimate for `LIKE '%...%'` can be off by 1000x either way and a
-    wrong guess costs seconds at a million rows (walking the time index through every row for a rare pattern,
-    or sorting every row of a common one): first the newest RECENT_WINDOW requests (of the other filters) are
-    searched; when that fills the page, those are exactly the newest matches. Otherwise the trigram index
-    answers (a rare pattern: few rows to sort), with plain index scans turned off for that query.
+    With `q`, two plans in one statement, because PostgreSQL's estimate for `LIKE '%...%'` can be off by 1000x
+    either way and a wrong guess costs seconds at a million rows (walking the time index through every row for a
+    rare pattern, or sorting every row of a common one): first the newest RECENT_WINDOW requests (of the other
+    filters) are searched; when that fills the page, those are exactly the newest matches. Only otherwise (a
+    one-time filter) the trigram index answers, ordered by an expression the time index cannot serve, so the
+    planner cannot choose the walk.
     """
     if not 1 <= limit <= 500:
         raise _bad("limit", "1-500")
@@ -175,26 +179,24 @@ async def search_requests(deps: Deps, flt: RequestFilter, *, limit: int, cursor:
         params["limit"] = limit + 1
         columns = sql.SQL(REQUEST_COLUMNS)
         if not flt.q:
-            cur = await conn.execute(sql.SQL("SELECT {} FROM creation_requests WHERE {} ORDER BY created_at DESC,"
-                                             " id DESC LIMIT %(limit)s").format(columns, where), params, prepare=False)
-            rows = await cur.fetchall()
+            query = sql.SQL("SELECT {} FROM creation_requests WHERE {} ORDER BY created_at DESC, id DESC"
+                            " LIMIT %(limit)s").format(columns, where)
         else:
-            params["pattern"] = "%" + _like_escape(await fold(conn, flt.q)) + "%"
-            params["window"] = RECENT_WINDOW
-            cur = await conn.execute(sql.SQL(
-                "SELECT {columns} FROM (SELECT {columns}, search_key FROM creation_requests WHERE {where}"
-                " ORDER BY created_at DESC, id DESC LIMIT %(window)s) AS recent WHERE search_key LIKE %(pattern)s"
-                " ORDER BY created_at DESC, id DESC LIMIT %(limit)s").format(columns=columns, where=where),
-                params, prepare=False)
-            rows = await cur.fetchall()
-            if len(rows) <= limit:
-                async with conn.transaction():
-                    await conn.execute("SET LOCAL enable_indexscan = off")
-                    cur = await conn.execute(sql.SQL(
-                        "SELECT {} FROM creation_requests WHERE {} AND search_key LIKE %(pattern)s"
-                        " ORDER BY created_at DESC, id DESC LIMIT %(limit)s").format(columns, where),
-                        params, prepare=False)
-                    rows = await cur.fetchall()
+            params.update(q=flt.q, window=RECENT_WINDOW)
+            query = sql.SQL(
+                "WITH recent AS MATERIALIZED ("
+                "  SELECT {columns} FROM (SELECT {columns}, search_key FROM creation_requests WHERE {where}"
+                "   ORDER BY created_at DESC, id DESC LIMIT %(window)s) AS newest"
+                "  WHERE search_key LIKE {pattern} ORDER BY created_at DESC, id DESC LIMIT %(limit)s)"
+                " SELECT * FROM ("
+                "  SELECT * FROM recent WHERE (SELECT count(*) FROM recent) >= %(limit)s"
+                "  UNION ALL"
+                "  (SELECT {columns} FROM creation_requests WHERE {where} AND search_key LIKE {pattern}"
+                "   AND (SELECT count(*) FROM recent) < %(limit)s"
+                "   ORDER BY created_at + interval '0 s' DESC, id DESC LIMIT %(limit)s)) AS found"
+                " ORDER BY created_at DESC, id DESC").format(columns=columns, where=where, pattern=sql.SQL(_PATTERN))
+        cur = await conn.execute(query, params, prepare=False)
+        rows = await cur.fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(deps, rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
