@@ -99,7 +99,7 @@ class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: Annotated[int, Field(ge=1, le=500)] = 50
-    after_id: Annotated[int, Field(ge=1)] | None = None  # older rows: id < after_id
+    after_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None  # older rows: id < after_id
 
 
 def validation_details(errors: list[Any]) -> list[dict[str, Any]]:

@@ -218,8 +218,9 @@ async def test_every_admin_change_is_audited_with_who_why_before_after(call, tok
     older = await call("list_audit", "GET", "/api/admin/audit", params={"limit": 2, "after_id": items[1]["id"]},
                        headers=admin)
     assert [i["action"] for i in older.json()["items"]] == ["limits_changed", "mode_switch"]
-    bad = await call("list_audit", "GET", "/api/admin/audit", params={"since": "x"}, headers=admin)
-    assert bad.status_code == 422
+    for params in ({"since": "x"}, {"after_id": str(2**63)}, {"limit": "0"}):
+        bad = await call("list_audit", "GET", "/api/admin/audit", params=params, headers=admin)
+        assert bad.status_code == 422
 
 
 async def test_cleanup_keeps_audit_rows_for_400_days_not_7(call, tokens, db):
