@@ -423,6 +423,8 @@
     $("audit-more").addEventListener("click", function () { loadAudit(true); });
     $("limits-form").addEventListener("submit", submitLimits);
     $("switch-btn").addEventListener("click", previewInFlight);
+    // app.js shows #panel once the token works: react before the next paint, so a viewer never sees an action.
+    new MutationObserver(watchSession).observe($("panel"), { attributes: true, attributeFilter: ["hidden"] });
     setInterval(watchSession, 500);
     setInterval(refresh, REFRESH_MS);
     setInterval(renderCountdown, 1000);
