@@ -44,6 +44,15 @@ class BulkRetryCommand(BaseModel):
     reason: Annotated[PlainText, Field(min_length=3, max_length=500)]
     dry_run: StrictBool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("request_ids", "filter"):
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key} must not be null (leave it out)")
+        return data
+
     @model_validator(mode="after")
     def _one_selector(self) -> BulkRetryCommand:
         if (self.request_ids is None) == (self.filter is None):

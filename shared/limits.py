@@ -22,7 +22,7 @@ from shared import db
 from shared.audit import record_audit
 from shared.errors import StaleVersion
 from shared.health import Level, record
-from shared.models import PlainText
+from shared.models import JsonInt, PlainText
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,11 @@ class SetLimitsCommand(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rate_limit_max: Annotated[int, Field(ge=1, le=10_000, strict=True)]
-    rate_limit_duration_ms: Annotated[int, Field(ge=100, le=60_000, strict=True)]
-    concurrency: Annotated[int, Field(ge=1, le=100, strict=True)]
+    rate_limit_max: Annotated[JsonInt, Field(ge=1, le=10_000)]
+    rate_limit_duration_ms: Annotated[JsonInt, Field(ge=100, le=60_000)]
+    concurrency: Annotated[JsonInt, Field(ge=1, le=100)]
     reason: Annotated[PlainText, Field(min_length=3, max_length=500)]
-    expected_version: Annotated[int, Field(ge=0, strict=True)] | None = None
+    expected_version: Annotated[JsonInt, Field(ge=0)] | None = None
 
 
 def configured(settings: Settings) -> Limits:

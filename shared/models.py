@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from shared.identity import normalize_email
 
@@ -21,6 +21,16 @@ class TrafficMode(StrEnum):
 
     ASYNC_QUEUE = "async_queue"
     SYNC_DIRECT = "sync_direct"
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 60 or 60.0, never "60" or true (pydantic's lax mode would take those)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 def _no_control_chars(value: str) -> str:
@@ -79,7 +89,7 @@ class SetModeCommand(BaseModel):
     reason: Annotated[PlainText, Field(min_length=3, max_length=500)]
     expected_version: Annotated[int, Field(ge=1)] | None = None
     # The switch returns to the previous mode by itself after this long.
-    revert_after_s: Annotated[int, Field(ge=60, le=86_400, strict=True)] | None = None
+    revert_after_s: Annotated[JsonInt, Field(ge=60, le=86_400)] | None = None
 
 
 class LogQuery(BaseModel):

@@ -42,6 +42,16 @@ class RequestFilter:
     until: datetime | None = None
 
 
+class InvalidCursor(InvalidInput):
+    """422 `invalid_cursor`: a cursor this listing did not hand out."""
+
+    code = "invalid_cursor"
+
+    def __init__(self) -> None:
+        super().__init__("cursor: not a cursor of this listing (use next_cursor as it was given)",
+                         details=[{"field": "cursor", "message": "not a cursor of this listing"}])
+
+
 def _bad(field: str, message: str) -> InvalidInput:
     return InvalidInput(f"{field}: {message}", details=[{"field": field, "message": message}])
 
@@ -58,20 +68,20 @@ def parse_time(field: str, value: str) -> datetime:
 def parse_filter(values: Mapping[str, Any], *, prefix: str = "") -> RequestFilter:
     """Check the filter fields (query parameters or a JSON object); 422 names the bad one."""
     q = values.get("q")
-    if q is not None and (not isinstance(q, str) or len(q) > MAX_Q or "\x00" in q):
+    if "q" in values and (not isinstance(q, str) or len(q) > MAX_Q or "\x00" in q):
         raise _bad(prefix + "q", f"text of at most {MAX_Q} characters")
     status = values.get("status")
-    if status is not None and status not in STATUSES:
+    if "status" in values and status not in STATUSES:
         raise _bad(prefix + "status", f"one of {', '.join(STATUSES)}")
     actor = values.get("actor")
-    if actor is not None and (not isinstance(actor, str) or len(actor) > 200 or "\x00" in actor):
+    if "actor" in values and (not isinstance(actor, str) or len(actor) > 200 or "\x00" in actor):
         raise _bad(prefix + "actor", "text of at most 200 characters")
     since, until = values.get("from"), values.get("to")
     for name, value in (("from", since), ("to", until)):
-        if value is not None and not isinstance(value, str):
+        if name in values and not isinstance(value, str):
             raise _bad(prefix + name, "not an ISO 8601 time")
-    since_t = parse_time(prefix + "from", since) if since else None
-    until_t = parse_time(prefix + "to", until) if until else None
+    since_t = parse_time(prefix + "from", since) if isinstance(since, str) else None
+    until_t = parse_time(prefix + "to", until) if isinstance(until, str) else None
     if since_t and until_t and since_t > until_t:
         raise _bad(prefix + "from", "must not be after 'to'")
     return RequestFilter(q=q.strip() or None if isinstance(q, str) else None, status=status or None,
@@ -96,14 +106,14 @@ def decode_cursor(deps: Deps, cursor: str) -> tuple[datetime, str]:
     payload, _, mac = cursor.partition(".")
     expected = hmac.new(_cursor_key(deps), payload.encode(), hashlib.sha256).hexdigest()[:32]
     if not mac or not hmac.compare_digest(mac, expected):
-        raise _bad("cursor", "not a cursor of this listing")
+        raise InvalidCursor()
     try:
         version, created_at, request_id = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         if version != CURSOR_VERSION or not isinstance(request_id, str):
             raise ValueError
         return datetime.fromisoformat(created_at), request_id
     except (ValueError, TypeError):
-        raise _bad("cursor", "not a cursor of this listing") from None
+        raise InvalidCursor() from None
 
 
 async def fold(conn: AsyncConnection[Any], text: str) -> str:

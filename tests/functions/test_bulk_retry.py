@@ -106,7 +106,9 @@ async def test_more_than_10000_matches_needs_a_narrower_filter(call, tokens, db)
                                   {"filter": {"status": "failed"}, "reason": "fine", "dry_run": "yes"},
                                   {"request_ids": ["a\x00b"], "reason": "nul"},
                                   {"filter": {"q": "\x00"}, "reason": "nul"},
-                                  {"filter": {"status": "failed", "to": 5}, "reason": "not a time"}])
+                                  {"filter": {"status": "failed", "to": 5}, "reason": "not a time"},
+                                  {"filter": {"actor": None}, "reason": "null actor"},
+                                  {"filter": None, "request_ids": ["req_f1"], "reason": "null filter"}])
 async def test_bad_bulk_retry_is_422(call, tokens, db, body):
     r = await call("bulk_retry", "POST", URL, headers=auth(tokens["admin"]), json=body)
     assert r.status_code == 422, r.text
