@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from infra.manifest import load_manifest
+from local.scheduler import cron_matches
 from shared.outbox import deliver_pending
 from tests.conftest import auth
 from tests.functions.test_create_user import BODY
@@ -315,3 +317,10 @@ async def test_limits_out_of_bounds_are_422_and_write_nothing(call, tokens, db, 
     assert r.status_code == 422 and r.json()["error"]["details"]
     assert counts(db) == (0, 0)
     assert db.execute("SELECT count(*) AS n FROM runtime_limits").fetchone()["n"] == 0
+
+
+def test_the_switch_return_is_checked_every_minute_even_without_traffic():
+    spec = load_manifest()["system_tick"]
+    assert spec.kind == "scheduled" and spec.routes[0].path == "/api/admin/system/tick"
+    assert all(cron_matches(spec.schedule, datetime(2026, 3, 1, hour, minute)) for hour in (0, 13, 23)
+               for minute in range(60))
