@@ -182,7 +182,7 @@ def cleanup(c: Context) -> None:
     async def once() -> dict[str, object]:
         deps = await open_deps(get_settings(), role="invoke-cleanup")
         try:
-            return await run_cleanup(deps)
+            return await run_cleanup(deps, actor="invoke cleanup")
         finally:
             await deps.aclose()
 

@@ -15,4 +15,4 @@ from shared.maintenance import run_cleanup
 @endpoint(methods=("POST",), roles=(Role.ADMIN, Role.SCHEDULER))
 async def cleanup_logs(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
     """Safe to run twice: the second run deletes nothing."""
-    return await run_cleanup(deps)
+    return await run_cleanup(deps, actor=principal.subject)

@@ -12,7 +12,7 @@ from shared.http import endpoint
 
 
 @functions_framework.aio.http
-@endpoint(methods=("GET",), roles=(Role.ADMIN,))
+@endpoint(methods=("GET",), roles=(Role.ADMIN, Role.VIEWER))
 async def get_mode(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
     """Configured mode (read fresh), version, who/when/why, and the effective mode with its reason."""
     return await current_mode_view(deps)

@@ -13,7 +13,7 @@ from shared.models import LogQuery
 
 
 @functions_framework.aio.http
-@endpoint(methods=("GET",), roles=(Role.ADMIN,))
+@endpoint(methods=("GET",), roles=(Role.ADMIN, Role.VIEWER))
 async def system_logs(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
     """Query parameters are validated like a body: unknown ones are refused."""
     query = LogQuery.model_validate(dict(request.query_params))

@@ -12,7 +12,7 @@ from shared.http import endpoint
 
 
 @functions_framework.aio.http
-@endpoint(methods=("GET",), roles=(Role.ADMIN,))
+@endpoint(methods=("GET",), roles=(Role.ADMIN, Role.VIEWER))
 async def system_metrics(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
     """See `shared.admin.system_metrics`."""
     return await collect_metrics(deps)

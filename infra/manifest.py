@@ -69,12 +69,17 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, FunctionSpec]:
 
 
 def match_route(specs: dict[str, FunctionSpec], method: str, path: str) -> tuple[FunctionSpec | None, list[str]]:
-    """(function serving method+path, the methods the path answers to: empty for an unknown path)."""
+    """(function serving method+path, the methods the path answers to: empty for an unknown path).
+
+    A path some route names literally (`/api/admin/requests/retry`) belongs to the literal routes only, never to
+    a `{name}` route that would also match it (`/api/admin/requests/{request_id}`).
+    """
+    matching = [(spec, route) for spec in specs.values() for route in spec.routes if route.regex.match(path)]
+    if any("{" not in route.path for _, route in matching):
+        matching = [(spec, route) for spec, route in matching if "{" not in route.path]
     allowed: list[str] = []
-    for spec in specs.values():
-        for route in spec.routes:
-            if route.regex.match(path):
-                if route.method == method or (method == "HEAD" and route.method == "GET"):
-                    return spec, [route.method]
-                allowed.append(route.method)
+    for spec, route in matching:
+        if route.method == method or (method == "HEAD" and route.method == "GET"):
+            return spec, [route.method]
+        allowed.append(route.method)
     return None, sorted(set(allowed) | ({"HEAD"} if "GET" in allowed else set()))

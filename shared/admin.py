@@ -8,6 +8,7 @@ from typing import Any
 
 from shared import db
 from shared.bootstrap import Deps
+from shared.limits import read_limits
 from shared.models import TrafficMode
 from shared.traffic import ModeState, read_mode
 
@@ -94,6 +95,7 @@ async def system_metrics(deps: Deps) -> dict[str, Any]:
         )
         history = [{"minute": r["minute"], "completed": int(r["completed"]), "failed": int(r["failed"]),
                     "retried": int(r["retried"])} for r in await cur.fetchall()]
+    limits = await read_limits(deps.pool, deps.settings)
     oldest = totals.get("oldest_waiting_age_s")
     return {
         "mode": state.mode.value,
@@ -103,7 +105,8 @@ async def system_metrics(deps: Deps) -> dict[str, Any]:
         "queue": counts,
         "workers": {"alive": len(consumers), "items": consumers},
         "oldest_waiting_age_s": round(float(oldest), 3) if oldest is not None else None,
-        "rate_limit": {"max": deps.settings.rate_limit_max, "duration_ms": deps.settings.rate_limit_duration_ms},
+        "rate_limit": {"max": limits.rate_limit_max, "duration_ms": limits.rate_limit_duration_ms},
+        "concurrency": limits.concurrency,
         "totals": {key: int(totals.get(key) or 0) for key in
                    ("created", "failed", "pending", "fallbacks_last_hour", "emails_pending", "emails_failed")},
         "history": history,

@@ -10,7 +10,9 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
+from shared import db
 from shared.health import scrub
 
 AUDIT_RETENTION_DAYS = 400
@@ -42,3 +44,9 @@ async def list_audit(conn: AsyncConnection[Any], *, limit: int, after_id: int | 
     return [{"id": r["id"], "at": r["at"].isoformat(), "actor": r["actor"], "action": r["action"],
              "target": r["target"], "reason": r["reason"], "before": r["before"], "after": r["after"]}
             for r in await cur.fetchall()]
+
+
+async def read_audit(pool: AsyncConnectionPool, *, limit: int, after_id: int | None = None) -> list[dict[str, Any]]:
+    """`list_audit` on a pooled connection (the admin listing)."""
+    async with db.connection(pool) as conn:
+        return await list_audit(conn, limit=limit, after_id=after_id)

@@ -33,6 +33,7 @@ from shared.bulk_drain import drain_forever
 from shared.errors import DatabaseUnavailable, NotFound
 from shared.health import Level, record, record_detached
 from shared.job_tracing import job_span
+from shared.limits import LimitsFollower
 from shared.outbox import deliver_pending
 from shared.provisioning import provision
 from shared.queueing import JobQueue
@@ -41,6 +42,7 @@ from shared.reconciler import reconcile
 
 log = logging.getLogger(__name__)
 
+LIMITS_POLL_S = 0.5  # a change of the runtime limits is obeyed within this (+ one job's duration)
 WORKER_SOCKET_TIMEOUT_S = 15  # must exceed the worker's longest blocking wait (10 s)
 
 
@@ -82,6 +84,7 @@ class Consumer:
         base = f"{self.settings.queue_prefix}:{self.settings.queue_name}"
         self.gate = StartGate(self.client, f"{base}:provisioner:starts", self.settings.rate_limit_max,
                               self.settings.rate_limit_duration_ms)
+        self.limits = LimitsFollower(deps.pool, self.settings)
         self.in_flight = 0
         self.worker: _Worker | None = None
         self.first_poll = asyncio.Event()
@@ -109,9 +112,10 @@ class Consumer:
                                   {"consumer": self.name, "error": type(exc).__name__}, source=self.deps.source)
             raise
         await self._reconcile_once()
+        await self._follow_limits()
         s = self.settings
         opts: dict[str, Any] = {
-            "connection": self.client, "prefix": s.queue_prefix, "concurrency": s.consumer_concurrency,
+            "connection": self.client, "prefix": s.queue_prefix, "concurrency": self.limits.current.concurrency,
             "drainDelay": 1, "runRetryDelay": 1000, "autorun": False, "name": self.name,
             "lockDuration": s.consumer_lock_ms, "stalledInterval": s.consumer_stalled_interval_ms,
             "maxStalledCount": s.consumer_max_stalled,
@@ -126,7 +130,8 @@ class Consumer:
             name="bulk-drain"))
         for coro, name in ((self._every(s.consumer_heartbeat_s, self._heartbeat), "heartbeat"),
                            (self._every(s.reconcile_interval_s, self._reconcile_once), "reconciler"),
-                           (self._every(s.outbox_interval_s, self._deliver_outbox), "outbox")):
+                           (self._every(s.outbox_interval_s, self._deliver_outbox), "outbox"),
+                           (self._every(LIMITS_POLL_S, self._follow_limits), "limits")):
             self._tasks.append(asyncio.create_task(coro, name=name))
         try:
             await asyncio.wait_for(self.first_poll.wait(), first_poll_timeout_s)
@@ -138,8 +143,8 @@ class Consumer:
         await record_detached(
             self.deps.pool, Level.INFO, "consumer_started",
             f"consumer {self.name} connected and polling queue {s.queue_name}",
-            {"consumer": self.name, "concurrency": s.consumer_concurrency,
-             "rate_limit": {"max": s.rate_limit_max, "duration_ms": s.rate_limit_duration_ms}},
+            {"consumer": self.name, "concurrency": self.limits.current.concurrency,
+             "rate_limit": {"max": self.gate.max_starts, "duration_ms": self.gate.duration_ms}},
             source=self.deps.source)
         log.info("consumer %s started", self.name)
 
@@ -217,6 +222,16 @@ class Consumer:
                                  source=self.deps.source)
         if report.checked:
             log.info("consumer %s: reconciled %s", self.name, report.to_dict())
+
+    async def _follow_limits(self) -> None:
+        """Obey the stored runtime limits: the global start rate, and how many jobs this worker runs at once
+        (BullMQ's loop reads `opts["concurrency"]` before each fetch, so a change applies without a restart)."""
+        limits, changed = await self.limits.refresh()
+        self.gate.max_starts, self.gate.duration_ms = limits.rate_limit_max, limits.rate_limit_duration_ms
+        if self.worker is not None:
+            self.worker.opts["concurrency"] = limits.concurrency
+        if changed:
+            log.info("consumer %s: runtime limits now %s", self.name, limits.values())
 
     async def _deliver_outbox(self) -> None:
         await deliver_pending(self.deps.pool, self.deps.mailer, self.settings, source=self.deps.source)

@@ -113,16 +113,3 @@ async def list_events(pool: AsyncConnectionPool, query: LogQuery) -> list[dict[s
         cur = await conn.execute(stmt, params)
         rows = await cur.fetchall()
     return [{**row, "created_at": row["created_at"].isoformat()} for row in rows]
-
-
-async def cleanup(pool: AsyncConnectionPool, retention_days: int, *, source: str) -> int:
-    """Delete events older than the retention through the SQL function; leaves an INFO event."""
-    async with db.connection(pool) as conn, conn.transaction():
-        cur = await conn.execute("SELECT cleanup_health_logs(make_interval(days => %s)) AS deleted",
-                                 (retention_days,))
-        row = await cur.fetchone()
-        deleted = int(row["deleted"]) if row else 0
-        await record(conn, Level.INFO, "health_logs_cleaned",
-                     f"deleted {deleted} health log(s) older than {retention_days} days",
-                     {"deleted": deleted, "retention_days": retention_days}, source=source)
-    return deleted

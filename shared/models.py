@@ -6,10 +6,10 @@ import hashlib
 import json
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from shared.identity import normalize_email
 
@@ -21,6 +21,16 @@ class TrafficMode(StrEnum):
 
     ASYNC_QUEUE = "async_queue"
     SYNC_DIRECT = "sync_direct"
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 60 or 60.0, never "60" or true (pydantic's lax mode would take those)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 def _no_control_chars(value: str) -> str:
@@ -78,6 +88,8 @@ class SetModeCommand(BaseModel):
     mode: TrafficMode
     reason: Annotated[PlainText, Field(min_length=3, max_length=500)]
     expected_version: Annotated[int, Field(ge=1)] | None = None
+    # The switch returns to the previous mode by itself after this long.
+    revert_after_s: Annotated[JsonInt, Field(ge=60, le=86_400)] | None = None
 
 
 class LogQuery(BaseModel):
@@ -91,21 +103,21 @@ class LogQuery(BaseModel):
     before_id: Annotated[int, Field(ge=1)] | None = None  # pages back through older events
 
 
-class RequestListQuery(BaseModel):
-    """Filters of the admin's list of creation requests (query values parsed like a body: ASCII digits only)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    status: Literal["queued", "processing", "created", "failed"] = "failed"
-    limit: Annotated[int, Field(ge=1, le=500)] = 50
-
-
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 def is_request_id(value: str) -> bool:
     """Whether `value` can be a request id at all (anything else is answered 404 without a query)."""
     return REQUEST_ID.fullmatch(value) is not None
+
+
+class AuditQuery(BaseModel):
+    """Paging of the audit trail."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    after_id: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None  # older rows: id < after_id
 
 
 def validation_details(errors: list[Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Admin view of creation requests: the failed ones, and a retry through the normal path."""
+"""A retry of one failed creation request through the normal path (the listing is `request_search`)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,13 @@ from typing import Any
 from psycopg import errors as pg_errors
 
 from shared import db
+from shared.audit import record_audit
 from shared.auth import Principal
 from shared.bootstrap import Deps
-from shared.errors import InvalidInput, NotFound, RequestInProgress
+from shared.errors import NotFound, RequestInProgress
 from shared.health import Level, record
 from shared.models import TrafficMode, is_request_id
 from shared.provisioning import provision
-
-STATUSES = ("queued", "processing", "created", "failed")
-
-
-async def list_requests(deps: Deps, status: str, limit: int) -> list[dict[str, Any]]:
-    """Requests in one status, most recently updated first (admins see the address to recognise them)."""
-    if status not in STATUSES:
-        raise InvalidInput("unknown status", details=[{"field": "status", "message": f"one of {', '.join(STATUSES)}"}])
-    if not 1 <= limit <= 500:
-        raise InvalidInput("limit must be 1-500", details=[{"field": "limit", "message": "1-500"}])
-    async with db.connection(deps.pool) as conn:
-        cur = await conn.execute(
-            "SELECT id, status, mode, fallback, attempts, error_code, error, email, full_name, created_at, updated_at"
-            " FROM creation_requests WHERE status = %s ORDER BY updated_at DESC LIMIT %s", (status, limit))
-        rows = await cur.fetchall()
-    return [{"request_id": r["id"], "status": r["status"], "mode": r["mode"], "fallback": r["fallback"],
-             "attempts": r["attempts"], "error_code": r["error_code"], "error": r["error"], "email": r["email"],
-             "full_name": r["full_name"], "created_at": r["created_at"].isoformat(),
-             "updated_at": r["updated_at"].isoformat()} for r in rows]
 
 
 async def retry_request(deps: Deps, principal: Principal, request_id: str, reason: str) -> dict[str, Any]:
@@ -41,14 +23,21 @@ async def retry_request(deps: Deps, principal: Principal, request_id: str, reaso
     try:
         async with db.connection(deps.pool) as conn, conn.transaction():
             cur = await conn.execute(
-                "UPDATE creation_requests SET status = 'queued', error_code = NULL, error = NULL, updated_at = now()"
-                " WHERE id = %s AND status = 'failed' RETURNING id", (request_id,))
-            if await cur.fetchone() is None:
+                "UPDATE creation_requests r SET status = 'queued', error_code = NULL, error = NULL, updated_at = now()"
+                " FROM (SELECT id, error_code FROM creation_requests WHERE id = %s FOR UPDATE) AS before"
+                " WHERE r.id = before.id AND r.status = 'failed' RETURNING before.error_code", (request_id,))
+            retried = await cur.fetchone()
+            if retried is None:
                 cur = await conn.execute("SELECT status FROM creation_requests WHERE id = %s", (request_id,))
                 row = await cur.fetchone()
                 if row is None:
                     raise NotFound("no such creation request")
                 raise RequestInProgress(f"only failed requests can be retried (this one is {row['status']})")
+            await conn.execute("INSERT INTO creation_retries (request_id, actor, reason) VALUES (%s, %s, %s)",
+                               (request_id, principal.subject, reason))
+            await record_audit(conn, actor=principal.subject, action="request_retry", reason=reason,
+                               before={"status": "failed", "error_code": retried["error_code"]},
+                               after={"status": "queued"}, target=request_id)
             await record(conn, Level.INFO, "request_retried", f"failed request retried by {principal.subject}",
                          {"request_id": request_id, "by": principal.subject, "reason": reason}, source=deps.source)
     except pg_errors.UniqueViolation:

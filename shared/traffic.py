@@ -11,6 +11,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from shared import db
+from shared.audit import record_audit
 from shared.errors import DatabaseUnavailable, StaleVersion
 from shared.health import Level, record
 from shared.models import SetModeCommand, TrafficMode
@@ -22,42 +23,61 @@ TRAFFIC_MODE_KEY = "traffic_mode"
 
 @dataclass(frozen=True, slots=True)
 class ModeState:
-    """The switch as stored: mode, optimistic-lock version, and who set it, when and why."""
+    """The switch as stored: mode, optimistic-lock version, who set it, when and why, and when it returns by
+    itself (`revert_at`, None when it does not)."""
 
     mode: TrafficMode
     version: int
     reason: str | None
     updated_at: datetime
     updated_by: str
+    revert_at: datetime | None = None
+    revert_to: TrafficMode | None = None
+    revert_due: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape used by the admin functions."""
         return {"mode": self.mode.value, "version": self.version, "reason": self.reason,
-                "updated_at": self.updated_at.isoformat(), "updated_by": self.updated_by}
+                "updated_at": self.updated_at.isoformat(), "updated_by": self.updated_by,
+                "revert_at": self.revert_at.isoformat() if self.revert_at else None,
+                "revert_to": self.revert_to.value if self.revert_to else None}
+
+    def audit_view(self) -> dict[str, Any]:
+        """What the audit trail keeps of the switch."""
+        return {"mode": self.mode.value, "version": self.version,
+                "revert_at": self.revert_at.isoformat() if self.revert_at else None}
 
 
 def _state(row: dict[str, Any]) -> ModeState:
     return ModeState(TrafficMode(row["value"]), row["version"], row["reason"], row["updated_at"],
-                     row["updated_by"])
+                     row["updated_by"], row["revert_at"], TrafficMode(row["revert_to"]) if row["revert_to"] else None,
+                     bool(row["revert_due"]))
 
 
-_SELECT = "SELECT value, version, reason, updated_at, updated_by FROM system_config WHERE key = %s"
+_SELECT = ("SELECT value, version, reason, updated_at, updated_by, revert_at, revert_to,"
+           " coalesce(revert_at <= now(), false) AS revert_due FROM system_config WHERE key = %s")
+AUTOMATIC_ACTOR = "system"
 
 
-async def read_mode(pool: AsyncConnectionPool) -> ModeState:
-    """The switch straight from PostgreSQL."""
+async def read_mode(pool: AsyncConnectionPool, *, source: str = "") -> ModeState:
+    """The switch straight from PostgreSQL. A return that is due is carried out first (by whichever instance
+    reads it first), so the switch comes back on time even between two scheduler ticks."""
     async with db.connection(pool) as conn:
         cur = await conn.execute(_SELECT, (TRAFFIC_MODE_KEY,))
         row = await cur.fetchone()
     if row is None:
         raise DatabaseUnavailable("system_config has no traffic_mode row; run the migrations")
-    return _state(row)
+    state = _state(row)
+    if state.revert_due:
+        return await revert_if_due(pool, source=source or "mode-reader") or state
+    return state
 
 
 async def set_mode(pool: AsyncConnectionPool, command: SetModeCommand, *, actor: str, source: str) -> ModeState:
-    """Flip the switch. Optimistic locking on `expected_version`; a SWITCH event records who, why, from, to.
+    """Flip the switch. Optimistic locking on `expected_version`; a SWITCH event and an audit row record who,
+    why, from, to (and when it returns by itself, with `revert_after_s`), in the same transaction.
 
-    Setting the mode it already has changes nothing and writes no event.
+    Setting the mode it already has changes nothing and writes nothing, unless it cancels a pending return.
     """
     async with db.connection(pool) as conn, conn.transaction():
         cur = await conn.execute(_SELECT + " FOR UPDATE", (TRAFFIC_MODE_KEY,))
@@ -70,21 +90,57 @@ async def set_mode(pool: AsyncConnectionPool, command: SetModeCommand, *, actor:
                 f"the mode was changed by {current.updated_by} (version {current.version}) since you loaded it",
                 details={"current": current.to_dict()},
             )
-        if current.mode == command.mode:
+        if current.mode == command.mode and (current.revert_at is None or command.revert_after_s is not None):
             return current
+        revert_after = command.revert_after_s if current.mode != command.mode else None
         cur = await conn.execute(
             "UPDATE system_config SET value = %s, version = version + 1, reason = %s, updated_at = now(),"
-            " updated_by = %s WHERE key = %s RETURNING value, version, reason, updated_at, updated_by",
-            (command.mode.value, command.reason, actor, TRAFFIC_MODE_KEY),
+            " updated_by = %s, revert_at = now() + make_interval(secs => %s), revert_to = %s"
+            " WHERE key = %s RETURNING value, version, reason, updated_at, updated_by, revert_at, revert_to,"
+            " false AS revert_due",
+            (command.mode.value, command.reason, actor, revert_after,
+             current.mode.value if revert_after else None, TRAFFIC_MODE_KEY),
         )
         updated = _state(await cur.fetchone() or {})
+        returns_at = updated.revert_at.isoformat() if updated.revert_at else None
+        returns = f", back to {current.mode.value} at {returns_at}" if returns_at else ""
+        await record_audit(conn, actor=actor, action="mode_switch", reason=command.reason,
+                           before=current.audit_view(), after=updated.audit_view(), target=TRAFFIC_MODE_KEY)
         await record(
             conn, Level.SWITCH, "mode_switched",
-            f"traffic mode {current.mode.value} -> {updated.mode.value} by {actor}",
+            f"traffic mode {current.mode.value} -> {updated.mode.value} by {actor}{returns}",
             {"from": current.mode.value, "to": updated.mode.value, "by": actor, "reason": command.reason,
-             "version": updated.version, "automatic": False},
+             "version": updated.version, "automatic": False,
+             **({"revert_at": returns_at, "revert_after_s": revert_after} if returns_at else {})},
             source=source,
         )
+    return updated
+
+
+async def revert_if_due(pool: AsyncConnectionPool, *, source: str) -> ModeState | None:
+    """Return the switch to its previous mode when its `revert_at` has passed: SWITCH event + audit row (actor
+    `system`). Safe from any number of instances at once (row lock; the second finds nothing due)."""
+    async with db.connection(pool) as conn, conn.transaction():
+        cur = await conn.execute(_SELECT + " FOR UPDATE", (TRAFFIC_MODE_KEY,))
+        row = await cur.fetchone()
+        if row is None or not row["revert_due"] or row["revert_to"] is None:
+            return None
+        current = _state(row)
+        reason = f"automatic return after the switch set by {current.updated_by} ({current.reason})"[:500]
+        cur = await conn.execute(
+            "UPDATE system_config SET value = revert_to, version = version + 1, reason = %s, updated_at = now(),"
+            " updated_by = %s, revert_at = NULL, revert_to = NULL WHERE key = %s"
+            " RETURNING value, version, reason, updated_at, updated_by, revert_at, revert_to, false AS revert_due",
+            (reason, AUTOMATIC_ACTOR, TRAFFIC_MODE_KEY))
+        updated = _state(await cur.fetchone() or {})
+        await record_audit(conn, actor=AUTOMATIC_ACTOR, action="mode_revert", reason=reason,
+                           before=current.audit_view(), after=updated.audit_view(), target=TRAFFIC_MODE_KEY)
+        await record(conn, Level.SWITCH, "mode_reverted",
+                     f"traffic mode {current.mode.value} -> {updated.mode.value}: the switch returned by itself",
+                     {"from": current.mode.value, "to": updated.mode.value, "by": AUTOMATIC_ACTOR,
+                      "set_by": current.updated_by, "reason": current.reason, "version": updated.version,
+                      "automatic": True}, source=source)
+    log.info("traffic mode returned to %s by itself", updated.mode.value)
     return updated
 
 

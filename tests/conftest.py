@@ -27,7 +27,7 @@ from tests.support.proxy import FaultProxy
 from tests.support.stack import TEST_JWT_SECRET, TEST_LIMITS, Stack, running_stack
 
 TABLES = ("users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs,"
-          " bulk_batches")
+          " bulk_batches, audit_log, creation_retries, runtime_limits")
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +93,7 @@ def _wipe(stack: Stack) -> None:
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
         conn.execute("UPDATE system_config SET value = 'async_queue', version = 1, reason = 'test reset',"
-                     " updated_by = 'tests' WHERE key = 'traffic_mode'")
+                     " updated_by = 'tests', revert_at = NULL, revert_to = NULL WHERE key = 'traffic_mode'")
     client = redis.Redis.from_url(stack.redis_url)
     try:
         keys = list(client.scan_iter(match=f"{stack.queue_prefix}:*", count=1000))
@@ -143,6 +143,7 @@ def tokens(settings: Settings) -> dict[str, str]:
         "admin": issue_token(settings, role=Role.ADMIN, subject="admin-1"),
         "sales_manager": issue_token(settings, role=Role.SALES_MANAGER, subject="sales-1"),
         "other_sales": issue_token(settings, role=Role.SALES_MANAGER, subject="sales-2"),
+        "viewer": issue_token(settings, role=Role.VIEWER, subject="viewer-1"),
     }
 
 

@@ -22,6 +22,7 @@ from bench.cases.http import (
     sync_create_1_client,
 )
 from bench.cases.paced import paced_create_rate
+from bench.cases.search import search_1m
 from bench.cases.tracing import tracing_cost_202
 
 Case = Callable[[Any], Awaitable[dict[str, Any]]]
@@ -41,4 +42,5 @@ CASES: dict[str, Case] = {
     "tracing_cost_202": tracing_cost_202,
     "sign_in": sign_in,
     "bulk_upload_5000": bulk_upload_5000,
+    "search_1m": search_1m,
 }

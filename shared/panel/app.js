@@ -624,8 +624,10 @@
     var confirm = $("mode-confirm");
     confirm.disabled = true;
     var gen = S.generation;
-    api("/api/admin/system/mode", { method: "POST", body: { mode: target.mode, reason: reasonField.value.trim(),
-                                                           expected_version: target.version } })
+    var body = { mode: target.mode, reason: reasonField.value.trim(), expected_version: target.version };
+    var revert = $("mode-revert") ? $("mode-revert").value : "";
+    if (revert) { body.revert_after_s = Number(revert); }
+    api("/api/admin/system/mode", { method: "POST", body: body })
       .then(function (state) {
         if (gen !== S.generation) { return; }
         acceptMode(state);

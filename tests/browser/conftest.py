@@ -223,6 +223,7 @@ def panel_system(stack: Stack, panel_redis: RedisServer, tmp_path_factory: pytes
         "admin": issue_token(settings, role=Role.ADMIN, subject="panel-admin"),
         "other_admin": issue_token(settings, role=Role.ADMIN, subject="other-admin"),
         "sales_manager": issue_token(settings, role=Role.SALES_MANAGER, subject="panel-sales"),
+        "viewer": issue_token(settings, role=Role.VIEWER, subject="panel-viewer"),
     }
     try:
         wait_for_line(log, "READY", proc, timeout=90)
@@ -242,7 +243,8 @@ def system(panel_system: PanelSystem) -> Iterator[PanelSystem]:
     panel_system.sql("DROP TRIGGER IF EXISTS panel_trap ON users")
     panel_system.sql(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     panel_system.sql("UPDATE system_config SET value = 'async_queue', version = 1, reason = 'browser test reset',"
-                     " updated_by = 'tests', updated_at = now() WHERE key = 'traffic_mode'")
+                     " updated_by = 'tests', updated_at = now(), revert_at = NULL, revert_to = NULL"
+                     " WHERE key = 'traffic_mode'")
     time.sleep(1.2)  # every function instance caches the switch for MODE_CACHE_TTL_S (1 s)
     yield panel_system
     panel_system.sql("DROP TRIGGER IF EXISTS panel_trap ON users; DROP FUNCTION IF EXISTS panel_trap()")
