@@ -22,6 +22,12 @@ class DomainError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
+class MisconfiguredInstance(DomainError):
+    """The instance's settings are invalid: a deploy error, never the caller's; the log names the variables."""
+
+    status, code = 503, "misconfigured"
+
+
 class InvalidInput(DomainError):
     status, code = 422, "invalid_input"
 

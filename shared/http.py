@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from shared import tracing
 from shared.auth import Principal, Role, authenticate, require_role
 from shared.bootstrap import Deps, get_deps
-from shared.errors import DomainError, InvalidInput, MethodNotAllowed, PayloadTooLarge
+from shared.errors import DomainError, InvalidInput, MethodNotAllowed, MisconfiguredInstance, PayloadTooLarge
 from shared.models import validation_details
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,17 @@ def json_object(payload: Any) -> dict[str, Any]:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+async def _configured_deps() -> Deps:
+    """`get_deps()`, with invalid settings answered 503 (not the request's 422) and named in the log."""
+    try:
+        return await get_deps()
+    except ValidationError as err:
+        names = sorted({str(e["loc"][0]) for e in err.errors() if e.get("loc")} or {"settings"})
+        log.error("invalid configuration, this instance cannot serve: %s", ", ".join(names))
+        raise MisconfiguredInstance("this instance is misconfigured; see its log",
+                                    headers={"Retry-After": "30"}) from None
+
+
 # The caller of a public route (`roles=()`: sign-in, set-password), which carries no bearer token.
 ANONYMOUS = Principal(subject="anonymous", role=Role.MEMBER)
 
@@ -95,7 +106,7 @@ def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[
                 if request.method not in methods:
                     raise MethodNotAllowed(f"use {' or '.join(methods)}",
                                            headers={"Allow": ", ".join(methods)})
-                deps = await get_deps()
+                deps = await _configured_deps()
                 if roles:
                     principal = authenticate(request.headers.get("authorization"), deps.settings)
                     require_role(principal, *roles)

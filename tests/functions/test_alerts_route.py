@@ -84,3 +84,21 @@ async def test_each_condition_fires_once_and_resolves_when_it_ends(call, deps, d
     db.execute("UPDATE system_config SET value = 'sync_direct' WHERE key = 'traffic_mode'")  # queue not in use
     assert await run() == {"fallback_active": "resolved", "creation_failed": "resolved", "email_failing": "resolved",
                            "cleanup_failing": "resolved", "no_consumer": "resolved"}
+
+
+async def test_an_instance_with_invalid_settings_answers_503_and_names_the_variable_in_its_log(
+        call, deps, tokens, stack, monkeypatch, caplog):
+    # A bad ALERT_WEBHOOK_URL is the deploy's mistake, not the caller's: 503 `misconfigured`, never a 422.
+    from shared import bootstrap, settings
+
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", "not a url")
+    monkeypatch.setattr(bootstrap, "_deps", None)
+    settings.get_settings.cache_clear()
+    try:
+        answer = await call("get_mode", "GET", "/api/admin/system/mode", headers=auth(tokens["admin"]))
+    finally:
+        settings.get_settings.cache_clear()
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "misconfigured"
+    assert "ALERT_WEBHOOK_URL" in caplog.text and "not a url" not in caplog.text

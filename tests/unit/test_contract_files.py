@@ -11,11 +11,17 @@ from openapi_spec_validator import validate
 from infra.manifest import REPO_ROOT, load_manifest
 from shared.openapi import SPEC_PATH
 
-CONTRACT_ROUTES = {
+CONTRACT_ROUTES = {  # every route of CONTRACT.md's table (the black-box checks call each)
     ("POST", "/api/users"), ("GET", "/api/users/requests/{request_id}"),
     ("GET", "/api/admin/system/mode"), ("POST", "/api/admin/system/mode"),
     ("GET", "/api/admin/system/metrics"), ("GET", "/api/admin/system/logs"),
     ("POST", "/api/admin/system/cleanup"), ("GET", "/healthz"), ("GET", "/admin/system-health"),
+    ("GET", "/api/admin/requests"), ("GET", "/api/admin/requests/{request_id}"),
+    ("POST", "/api/admin/requests/retry"), ("GET", "/api/admin/audit"),
+    ("GET", "/api/admin/system/limits"), ("POST", "/api/admin/system/limits"), ("GET", "/metrics"),
+    ("POST", "/api/users/bulk"), ("GET", "/api/users/bulk/{batch_id}"),
+    ("GET", "/api/users/bulk/{batch_id}/results.csv"), ("GET", "/sales"), ("GET", "/set-password"),
+    ("POST", "/api/account/password"), ("POST", "/api/auth/sign-in"),
 }
 
 
