@@ -304,7 +304,7 @@ def bench(c: Context, quick: bool = False, case: list[str] | None = None) -> Non
             "check": "write nothing: fail when an installed package differs from its pin (CI, after installing)"})
 def lock(c: Context, upgrade: bool = False, check: bool = False) -> None:
     """Regenerate requirements.lock (the deploy's hash-pinned runtime set) from pyproject.toml with uv."""
-    from infra.lock import LOCK_PATH, compile_command, drift
+    from infra.lock import LOCK_PATH, compile_command, drift, joint_resolution_command
 
     if check:
         moved = drift(LOCK_PATH.read_text())
@@ -318,8 +318,13 @@ def lock(c: Context, upgrade: bool = False, check: bool = False) -> None:
     _need("uv", 'pip install uv (or pip install -e ".[dev]")')
     import subprocess
 
-    if subprocess.call(compile_command(upgrade=upgrade), cwd=ROOT) != 0:
-        raise Exit("uv pip compile failed (see above): is PyPI reachable?", code=1)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        joint = Path(tmp) / "joint.txt"
+        if (subprocess.call(joint_resolution_command(joint, upgrade=upgrade), cwd=ROOT) != 0
+                or subprocess.call(compile_command(constraints=joint, upgrade=upgrade), cwd=ROOT) != 0):
+            raise Exit("uv pip compile failed (see above): is PyPI reachable?", code=1)
     print(f"wrote {LOCK_PATH.relative_to(ROOT)}")
 
 

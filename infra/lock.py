@@ -23,11 +23,25 @@ PLATFORM = "x86_64-manylinux_2_28"  # Cloud Run's machines
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)
 
 
-def compile_command(*, upgrade: bool = False) -> list[str]:
-    """The `uv pip compile` call that writes the lock (kept pins unless `upgrade`)."""
+def joint_resolution_command(out: Path, *, upgrade: bool = False) -> list[str]:
+    """Step 1 of `invoke lock`: one resolution of the runtime set together with the `[dev]` tools.
+
+    The tests run the dev tools beside the runtime set (`.ci/run` installs the lock, then `.[dev]`, then checks
+    that no pin moved). A dev tool may cap a runtime package (moto's aws-sam-translator pins pydantic ~=2.13), so
+    the runtime pins are taken from a resolution that includes the dev tools: what is tested is what is deployed.
+    """
+    return [sys.executable, "-m", "uv", "pip", "compile", str(PYPROJECT_PATH.relative_to(REPO_ROOT)),
+            "--extra", "dev", "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM, "--quiet",
+            "-o", str(out), *(["--upgrade"] if upgrade else [])]
+
+
+def compile_command(*, constraints: Path | None = None, upgrade: bool = False) -> list[str]:
+    """Step 2: the `uv pip compile` call that writes the lock (kept pins unless `upgrade`), constrained to the
+    joint resolution of step 1 when given."""
     return [sys.executable, "-m", "uv", "pip", "compile", str(PYPROJECT_PATH.relative_to(REPO_ROOT)),
             "--generate-hashes", "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM,
             "--custom-compile-command", "invoke lock", "--quiet",
+            *(["-c", str(constraints)] if constraints else []),
             "-o", str(LOCK_PATH.relative_to(REPO_ROOT)), *(["--upgrade"] if upgrade else [])]
 
 
