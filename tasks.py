@@ -317,7 +317,6 @@ def lock(c: Context, upgrade: bool = False, check: bool = False) -> None:
         return
     _need("uv", 'pip install uv (or pip install -e ".[dev]")')
     import subprocess
-
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

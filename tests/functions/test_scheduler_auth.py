@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import auth, use_deps
+from tests.support.jwks import local_jwks
 
 SCHEDULER = "provisioner-scheduler@proj.iam.gserviceaccount.com"
 AUDIENCE = "https://cleanup.example"
@@ -21,26 +19,8 @@ AUDIENCE = "https://cleanup.example"
 @pytest.fixture(scope="module")
 def google_keys() -> Iterator[tuple[object, str]]:
     """An RSA key and a local JWKS endpoint standing in for Google's certificate URL."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    body = json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield key, f"http://127.0.0.1:{server.server_port}/certs"
-    server.shutdown()
-    server.server_close()
+    with local_jwks("k1") as served:
+        yield served
 
 
 def oidc(key: object, **claims: object) -> str:

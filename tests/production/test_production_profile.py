@@ -11,28 +11,25 @@ with an RS256 OIDC token checked against a JWKS served here (issuer, audience, s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
 import jwt
 import psycopg
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from local.processes import find_free_port
 from shared.auth import Role, issue_token
 from shared.settings import Settings
+from tests.support.jwks import local_jwks
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,25 +93,8 @@ def socket_dsn(database_url: str) -> str:
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[tuple[object, str]]:
     """An RSA key and its public JWKS served over HTTP on 127.0.0.1 (Google's certificate URL stands in)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    body = json.dumps({"keys": [{**jwk, "kid": "prod-1", "alg": "RS256", "use": "sig"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield key, f"http://127.0.0.1:{server.server_port}/certs"
-    server.shutdown()
-    server.server_close()
+    with local_jwks("prod-1") as served:
+        yield served
 
 
 def oidc(key: object, **claims: object) -> str:
