@@ -15,7 +15,7 @@ from local.redis_server import RedisServer
 from shared.auth import Principal, Role
 from shared.bulk import accept_upload
 from tests.conftest import wait_until
-from tests.integration.test_consumer import FAST_RECOVERY, consumers, start_consumer  # noqa: F401 (fixture)
+from tests.integration.test_consumer import FAST_RECOVERY, start_consumer
 
 pytestmark = pytest.mark.slow
 SALES = Principal("sales-bulk", Role.SALES_MANAGER)
@@ -51,7 +51,7 @@ async def assert_one_user_per_row(db, stack, batch_id: str, accepted: int, email
     await wait_until(lambda: emailed() >= addresses, timeout=30, interval=0.5)
 
 
-async def test_redis_killed_halfway_through_queueing_every_row_ends_as_one_user(deps_factory, deps, consumers,  # noqa: F811
+async def test_redis_killed_halfway_through_queueing_every_row_ends_as_one_user(deps_factory, deps, consumers,
                                                                                 stack, tmp_path: Path, db):
     own = RedisServer(tmp_path / "redis")
     own.start()
@@ -91,7 +91,7 @@ async def test_redis_killed_halfway_through_queueing_every_row_ends_as_one_user(
         own.stop()
 
 
-async def test_consumer_sigkilled_mid_batch_every_row_ends_as_one_user(deps, consumers, stack, tmp_path: Path,  # noqa: F811
+async def test_consumer_sigkilled_mid_batch_every_row_ends_as_one_user(deps, consumers, stack, tmp_path: Path,
                                                                        db):
     env = {**FAST_RECOVERY, "RATE_LIMIT_MAX": "40", "OUTBOX_INTERVAL_S": "1"}
     first = start_consumer(consumers, stack, tmp_path, env=env)

@@ -11,7 +11,6 @@ from shared.limits import SetLimitsCommand, set_limits
 from tests.conftest import wait_until
 from tests.integration.test_consumer import (  # noqa: F401  (fixtures)
     all_done,
-    consumers,
     max_starts_in_window,
     start_consumer,
     submit,
@@ -35,7 +34,7 @@ def starts_of(db, ids: list[str]) -> list[float]:
         (ids,)))
 
 
-async def test_a_running_consumer_follows_a_new_rate_limit(deps, consumers, stack, tmp_path, db, figures):  # noqa: F811
+async def test_a_running_consumer_follows_a_new_rate_limit(deps, consumers, stack, tmp_path, db, figures):
     start_consumer(consumers, stack, tmp_path)
     await change(deps, rate=2)
     await asyncio.sleep(FOLLOW_S)

@@ -14,7 +14,7 @@ import pytest
 from local.processes import find_free_port
 from local.traces import read_spans, span_tree
 from tests.conftest import auth, wait_until
-from tests.integration.test_consumer import consumers, start_consumer  # noqa: F401
+from tests.integration.test_consumer import start_consumer
 from tests.support.functions import FunctionProcess
 from tests.support.pii import EMAIL, find_secrets
 
@@ -52,7 +52,7 @@ def assert_no_pii(sink: Path, *forbidden: str) -> None:
 
 
 async def test_one_trace_from_the_request_through_the_queue_the_consumer_and_ses(
-        deps, consumers, functions, stack, tmp_path, db, tokens):  # noqa: F811
+        deps, consumers, functions, stack, tmp_path, db, tokens):
     sink = tmp_path / "spans.jsonl"
     start_consumer(consumers, stack, tmp_path, env={"TRACE_FILE": str(sink)})
     create = start_function(functions, stack, tmp_path, TRACE_FILE=str(sink))
