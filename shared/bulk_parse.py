@@ -90,7 +90,7 @@ def parse_upload(body: bytes, content_type: str | None, *, max_rows: int) -> lis
 def _json_rows(text: str, max_rows: int) -> list[UploadRow]:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer past Python's 4,300-digit limit
         raise _invalid("the body is not valid JSON") from None
     if not isinstance(data, list):
         raise _invalid("a JSON upload is an array of user objects")

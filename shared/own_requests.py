@@ -19,7 +19,8 @@ def limit_param(params: Mapping[str, str], *, default: int = 50, maximum: int = 
     value = params.get("limit")
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    # str.isdigit() is true for "²" too: only a short run of ASCII digits is a number here.
+    if not (value.isascii() and value.isdigit() and len(value) <= 6) or not 1 <= int(value) <= maximum:
         raise InvalidInput(f"limit must be a whole number from 1 to {maximum}",
                            details=[{"field": "limit", "message": f"1-{maximum}"}])
     return int(value)

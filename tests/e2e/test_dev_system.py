@@ -71,6 +71,12 @@ def test_every_route_answers_through_the_gateway_in_both_modes(dev_system, stack
     with httpx.Client(base_url=dev_system["url"], timeout=10) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/openapi.json").json()["openapi"].startswith("3.1")
+        # The `deps` fixture wiped Redis, heartbeats included: wait for invoke dev's real consumer to beat again
+        # (without one, the production default serves creations synchronously).
+        deadline = time.monotonic() + 30
+        while http.get("/api/admin/system/metrics", headers=admin).json()["workers"]["alive"] < 1:
+            assert time.monotonic() < deadline, "invoke dev's consumer never showed a heartbeat"
+            time.sleep(0.2)
         queued = http.post("/api/users", headers=sales, json={"email": "e2e-q@example.com", "full_name": "Q"})
         assert queued.status_code == 202
         status = http.get(queued.headers["location"], headers=sales)

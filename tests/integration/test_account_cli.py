@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def account_create(stack, *args: str, app_env: str = "development") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.env(), "APP_ENV": app_env, "SET_PASSWORD_URL": "http://127.0.0.1:18120/set-password"}
+    if app_env == "production":  # production refuses a test secret and a non-https link
+        env |= {"AUTH_JWT_SECRET": secrets.token_urlsafe(48), "SET_PASSWORD_URL": "https://app.example.com/set-password"}
     return subprocess.run([sys.executable, "-m", "invoke", "account", "create", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
