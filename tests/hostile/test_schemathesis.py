@@ -37,6 +37,12 @@ def test_every_route_honours_its_contract(case, api):
         return
     if response.status_code == 422 and _refused_for_a_rule_the_schema_cannot_state(response.json()["error"]):
         return
+    if case.media_type == "text/csv" and response.status_code == 202:
+        # A CSV upload is answered row by row: rows that break the rules come back in `rejected` (the contract),
+        # so a file outside the schema's example pattern is a 202 with refusals, never a refused file. The answer
+        # is still checked against its schema.
+        case.validate_response(response, excluded_checks=[schemathesis.checks.negative_data_rejection])
+        return
     case.validate_response(response)
 
 
