@@ -56,7 +56,8 @@ async def database_conditions(conn: AsyncConnection[Any], settings: Settings) ->
     cur = await conn.execute(_STATE_SQL, {"window": window,
                                           "overdue": timedelta(hours=settings.cleanup_overdue_hours)})
     row = await cur.fetchone()
-    assert row is not None  # noqa: S101  # a SELECT without FROM always answers one row
+    if row is None:  # a SELECT without FROM always answers one row
+        raise RuntimeError("the alert state query returned no row")
     failing_cleanup = row["last_cleanup_failure"] is not None and (
         row["last_cleanup"] is None or row["last_cleanup_failure"] > row["last_cleanup"])
     overdue = bool(row["cleanup_was_due"]) and not row["cleaned_recently"]
