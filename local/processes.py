@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal as _signal
 import socket
 import subprocess
@@ -76,18 +77,34 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "<log is empty>"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that is free right now (never 5432 or 6379).
 
-    The port is released before returning, so another process could grab it in
-    between; servers started with it fail loudly (ServiceError) in that case.
+    Chosen below the kernel's ephemeral range: the port is released before returning, and a port inside that
+    range can be taken in between as the local end of any outgoing connection (seen: a function's bind failing
+    with EADDRINUSE while two dozen processes opened their database pools). Outside it only another server
+    choosing the same number can collide; servers started with it fail loudly (ServiceError) in that case.
     """
-    for _ in range(50):
+    low, _ = _ephemeral_range()
+    candidates = range(20000, low) if low > 21000 else range(low - 1000 if low > 11000 else 10000, low)
+    for _ in range(200):
+        port = random.choice(candidates)  # noqa: S311 - a port number, not a secret
+        if port in RESERVED_PORTS:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in RESERVED_PORTS:
-            return port
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
     raise ServiceError("port allocator", f"could not find a free port on {host}")
 
 

@@ -60,8 +60,12 @@ async def test_redis_killed_halfway_through_queueing_every_row_ends_as_one_user(
         uploader = await deps_factory(REDIS_URL=own.url, NO_CONSUMER_FALLBACK=False, BULK_ENQUEUE_CHUNK=10)
         emails_before = len(stack.ses.sent_messages())
         upload = asyncio.create_task(accept_upload(uploader, SALES, csv_rows("halfway", 800), "text/csv", None))
-        # Kill the Redis process (SIGKILL) as soon as the first chunks are in it: the rest cannot land.
-        await wait_until(lambda: watcher.llen(f"{stack.queue_prefix}:user-creation:wait"), timeout=30, interval=0.001)
+        # Kill the Redis process (SIGKILL) once a second chunk is in it: chunks go one round trip at a time, so the
+        # first chunk's reply has then reached the uploader (recorded as enqueued), and the rest cannot land.
+        async def second_chunk_landed() -> bool:
+            return int(await watcher.llen(f"{stack.queue_prefix}:user-creation:wait")) > 10
+
+        await wait_until(second_chunk_landed, timeout=30, interval=0.001)
         own.signal(signal.SIGKILL)
         answer = await upload
         assert answer.status == 202, answer.body
