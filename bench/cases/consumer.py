@@ -216,9 +216,10 @@ async def idle_pickup(ctx: Ctx) -> dict[str, Any]:
     added: dict[str, float] = {}
     original = deps.queue.enqueue
 
-    async def timed_enqueue(request_id: str, *, timeout_s: float | None = None) -> None:
+    async def timed_enqueue(request_id: str, *, traceparent: str | None = None,
+                            timeout_s: float | None = None) -> None:
         added[request_id] = time.time()  # same machine, same clock as PostgreSQL's and Redis' timestamps
-        await original(request_id, timeout_s=timeout_s)
+        await original(request_id, traceparent=traceparent, timeout_s=timeout_s)
 
     deps.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
     procs = await _start_consumers(ctx, 1)
