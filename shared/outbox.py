@@ -145,7 +145,7 @@ async def send_claimed(pool: AsyncConnectionPool, mailer: Mailer, settings: Sett
 
 # One due row, claimed for the lease (a concurrent sender skips it), with the address it goes to.
 _CLAIM = (
-    "UPDATE email_outbox o SET next_attempt_at = now() + %(lease)s FROM users u"
+    "UPDATE email_outbox o SET next_attempt_at = now() + %(lease)s, claimed_by = NULL FROM users u"
     " WHERE u.id = o.user_id AND o.id = ("
     "  SELECT id FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= now()"
     "  AND (%(user)s::uuid IS NULL OR user_id = %(user)s::uuid) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"

@@ -89,15 +89,16 @@ async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str,
         row = await cur.fetchone()
     if row is None:
         raise NotFound(f"no creation request {request_id}")
-    if row["already_done"]:
+    claim = (EmailClaim(row["outbox_id"], row["user_id"], request_id, 0, row["email"], row["full_name"])
+             if claim_email and row["outbox_id"] is not None else None)
+    if row["already_done"]:  # (a redelivered job may come back with the email its earlier attempt claimed)
         user = user_view(row) if row["user_id"] is not None else None
-        return Outcome(request_id, row["status"], user, row["error_code"], row["error"], already_done=True)
+        return Outcome(request_id, row["status"], user, row["error_code"], row["error"], already_done=True,
+                       email=claim)
     if row["status"] == "failed":
         log_event(Level.ERROR, "creation_failed")
         return Outcome(request_id, "failed", None, row["error_code"], row["error"])
     log_event(Level.INFO, "user_created")
-    claim = (EmailClaim(row["outbox_id"], row["user_id"], request_id, 0, row["email"], row["full_name"])
-             if claim_email else None)
     return Outcome(request_id, "created", user_view(row), email=claim)
 
 

@@ -9,9 +9,13 @@
 -- The events' texts and metadata come from the caller (`shared.health.prepared`: scrubbed, with the trace id);
 -- the function adds the request's own facts (mode, fallback). `p_email_lease` creates the outbox row already
 -- claimed by the caller for that long (it sends the email right after; the periodic pass leaves the row alone
--- until the lease ends). `p_attempt_id` finishes the consumer's `creation_attempts` row in the same transaction.
+-- until the lease ends; a redelivery of the same job takes an unrecorded claim over). `p_attempt_id` finishes the consumer's `creation_attempts` row in the same transaction.
 -- SECURITY INVOKER (the default): the runtime role calls it with its own row rights (migration 0006 grants
 -- EXECUTE on new functions).
+
+-- The consumer attempt (creation_attempts.id) holding the claim it took when it created the row; NULL once any
+-- other sender claimed it. A later attempt of the same job may take such a claim over (see below).
+ALTER TABLE email_outbox ADD COLUMN claimed_by bigint;
 
 CREATE FUNCTION provision_request(
     p_request_id text, p_user_id uuid, p_source text,
@@ -39,8 +43,16 @@ BEGIN
              WHERE a.id = p_attempt_id;
         END IF;
         IF req.status = 'created' THEN
+            -- A job delivered again (its consumer died or stalled after this statement committed) takes over
+            -- the welcome email its earlier attempt claimed and never recorded; any other claim is left alone.
+            IF p_email_lease IS NOT NULL AND p_attempt_id IS NOT NULL THEN
+                UPDATE email_outbox o SET next_attempt_at = now() + p_email_lease, claimed_by = p_attempt_id
+                 WHERE o.user_id = req.user_id AND o.request_id = req.id AND o.status = 'pending'
+                   AND o.attempts = 0 AND o.claimed_by IS NOT NULL AND o.claimed_by <> p_attempt_id
+                RETURNING o.id INTO box;
+            END IF;
             RETURN QUERY SELECT 'created'::text, true, NULL::text, NULL::text, u.id, u.email, u.full_name,
-                                u.created_at, NULL::bigint
+                                u.created_at, box
                            FROM users u WHERE u.id = req.user_id;
         ELSE
             RETURN QUERY SELECT 'failed'::text, true, req.error_code, req.error, NULL::uuid, NULL::text, NULL::text,
@@ -70,8 +82,9 @@ BEGIN
         RETURN;
     END IF;
 
-    INSERT INTO email_outbox AS o (user_id, request_id, next_attempt_at)
-    VALUES (made.id, req.id, now() + COALESCE(p_email_lease, interval '0'))
+    INSERT INTO email_outbox AS o (user_id, request_id, next_attempt_at, claimed_by)
+    VALUES (made.id, req.id, now() + COALESCE(p_email_lease, interval '0'),
+            CASE WHEN p_email_lease IS NOT NULL THEN p_attempt_id END)
     RETURNING o.id INTO box;
     UPDATE creation_requests r SET status = 'created', user_id = made.id, attempts = r.attempts + 1,
            error_code = NULL, error = NULL, updated_at = now()
