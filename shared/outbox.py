@@ -113,8 +113,7 @@ async def send_claimed(pool: AsyncConnectionPool, mailer: Mailer, settings: Sett
     try:
         with tracing.span("ses.send_email", kind="CLIENT", attributes={"request_id": claim.request_id}):
             message_id = await asyncio.wait_for(
-                asyncio.to_thread(mailer.send_welcome, to=claim.email, full_name=claim.full_name,
-                                  set_password_link=link),
+                mailer.send_welcome_async(to=claim.email, full_name=claim.full_name, set_password_link=link),
                 settings.email_send_timeout_s,
             )
     except Exception as exc:
