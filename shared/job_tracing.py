@@ -37,9 +37,11 @@ async def job_span(pool: AsyncConnectionPool, job: Any) -> AsyncIterator[None]:
         return
     data = job.data if isinstance(job.data, dict) else {}
     request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
-    traceparent = data.get("traceparent") if isinstance(data.get("traceparent"), str) else None
-    if traceparent is None and request_id:  # a job enqueued without it (reconciler, bulk, older jobs)
-        traceparent = await request_traceparent(pool, request_id)
+    carried = data.get("traceparent")
+    if isinstance(carried, str):  # "" when the request had none
+        traceparent: str | None = carried or None
+    else:  # a job enqueued without it (reconciler, bulk, older jobs): the request row has it
+        traceparent = await request_traceparent(pool, request_id) if request_id else None
     parent = tracing.extract({"traceparent": traceparent} if traceparent else {})
     with tracing.span("consumer.job", parent=parent, kind="CONSUMER", link_parent=True,
                       attributes={"request_id": request_id or "", "attempt": int(job.attemptsMade) + 1}):

@@ -67,8 +67,9 @@ class JobQueue:
         """Add the creation job; raises on timeout or any Redis error (the caller falls back).
 
         `traceparent` (the W3C context recorded with the request; not a secret, no PII) rides in the job, so the
-        consumer continues the request's trace without reading it back from PostgreSQL."""
-        data = {"request_id": request_id, **({"traceparent": traceparent} if traceparent else {})}
+        consumer continues the request's trace without reading it back from PostgreSQL; "" says the request
+        had none (no read either); None (the reconciler) leaves the consumer to read the row."""
+        data = {"request_id": request_id, **({"traceparent": traceparent} if traceparent is not None else {})}
         with tracing.span("redis.enqueue", kind="PRODUCER", attributes={"request_id": request_id}):
             add = self.queue.add(JOB_NAME, data, job_options(self.settings, request_id))
             await asyncio.wait_for(add, timeout_s or self.settings.redis_timeout_s * 2)
