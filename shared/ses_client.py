@@ -57,6 +57,7 @@ class SesClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
         self._keys: tuple[str, str, bytes] | None = None  # (date, secret, signing key) cache
+        self._fixed: dict[tuple[str, str], str] = {}
 
     def _frozen(self) -> Any:
         if self._credentials is None:
@@ -100,11 +101,13 @@ class SesClient:
 
     async def send_email(self, *, source: str, to: list[str], subject: str, text: str) -> str:
         """Send one plain-text email; returns the SES message id. Raises `SesError` or a connection error."""
-        fields = [("Action", "SendEmail"), ("Version", _API_VERSION), ("Source", source),
-                  *((f"Destination.ToAddresses.member.{i}", address) for i, address in enumerate(to, 1)),
-                  ("Message.Subject.Data", subject), ("Message.Subject.Charset", "UTF-8"),
-                  ("Message.Body.Text.Data", text), ("Message.Body.Text.Charset", "UTF-8")]
-        body = "&".join(f"{_q(k)}={_q(v)}" for k, v in fields).encode()
+        fixed = self._fixed.get((source, subject))
+        if fixed is None:  # the same for every welcome email: encoded once
+            fixed = self._fixed[(source, subject)] = (
+                f"Action=SendEmail&Version={_API_VERSION}&Source={_q(source)}&Message.Subject.Data={_q(subject)}"
+                "&Message.Subject.Charset=UTF-8&Message.Body.Text.Charset=UTF-8")
+        recipients = "".join(f"&Destination.ToAddresses.member.{i}={_q(a)}" for i, a in enumerate(to, 1))
+        body = f"{fixed}{recipients}&Message.Body.Text.Data={_q(text)}".encode()
         status, answer = await self._post(self.request_bytes(body))
         if status != 200:
             code = _ERROR_CODE.search(answer)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -102,3 +105,15 @@ async def test_no_transaction_is_open_while_ses_is_called(deps, consumers, stack
     figures(activity_samples=samples)
     assert samples > 20  # the slow SES calls were watched, not missed
     assert "idle in transaction" not in seen
+    # What went out is the welcome email: its subject, its text, a link whose token is the one stored (hashed),
+    # and the row records SES' message id.
+    for request_id in ids:
+        row = db.execute("SELECT u.id, u.email, o.provider_id FROM users u JOIN email_outbox o ON o.user_id = u.id"
+                         " WHERE u.request_id = %s", (request_id,)).fetchone()
+        [message] = [m for m in stack.ses.sent_messages() if m["to"] == [row["email"]]]
+        assert message["id"] == row["provider_id"] and message["subject"] == "Welcome: set your password"
+        token = parse_qs(urlsplit(re.search(r"\S+\?token=\S+", message["body"]).group(0)).query)["token"][0]
+        stored = db.execute("SELECT used_at FROM password_setup_tokens WHERE token_hash = %s AND user_id = %s",
+                            (hashlib.sha256(token.encode()).hexdigest(), row["id"])).fetchone()
+        assert stored == {"used_at": None}
+        assert message["body"].startswith("Hello Q,\n\nAn account was created for you.")
