@@ -24,6 +24,7 @@ from shared.health import Level, log_event, prepared
 from shared.outbox import EmailClaim
 
 USER_EXISTS_MESSAGE = "a user with this email address already exists"
+USER_EXISTS_EVENT = "user creation failed for good: the address is already used"  # its ERROR event's text
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +75,14 @@ async def provision(pool: AsyncConnectionPool, request_id: str, *, source: str, 
 async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str, via: str, claim_email: bool,
                      attempt_id: int | None, email_lease_s: float) -> Outcome:
     user_id = uuid.uuid4()
-    ids = {"request_id": request_id, "via": via}  # + mode and fallback, added by the function from the row
-    created = prepared(Level.INFO, "user_created", f"user created ({via})", {**ids, "user_id": str(user_id)},
-                       source=source)
-    exists = prepared(Level.ERROR, "creation_failed", "user creation failed for good: the address is already used",
-                      {**ids, "error_code": "user_exists"}, source=source)
+    # + mode and fallback, added by the function from the row (and for the ERROR event: the error code)
+    created = prepared(Level.INFO, "user_created", f"user created ({via})",
+                       {"request_id": request_id, "via": via, "user_id": str(user_id)}, source=source)
     async with db.connection(pool) as conn:
         cur = await conn.execute(_PROVISION, {
             "id": request_id, "user": user_id, "source": created["ev_source"],
             "created_message": created["ev_message"], "created_meta": created["ev_metadata"],
-            "exists_message": exists["ev_message"], "exists_meta": exists["ev_metadata"],
-            "exists_error": USER_EXISTS_MESSAGE,
+            "exists_message": USER_EXISTS_EVENT, "exists_error": USER_EXISTS_MESSAGE,
             "lease": timedelta(seconds=email_lease_s) if claim_email else None, "attempt": attempt_id})
         row = await cur.fetchone()
     if row is None:
@@ -105,4 +103,4 @@ async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str,
 _PROVISION = (
     "SELECT status, already_done, error_code, error, user_id AS id, user_id, email, full_name, created_at,"
     " outbox_id FROM provision_request(%(id)s, %(user)s, %(source)s, %(created_message)s, %(created_meta)s,"
-    " %(exists_message)s, %(exists_meta)s, %(exists_error)s, %(lease)s, %(attempt)s)")
+    " %(exists_message)s, %(exists_error)s, %(lease)s, %(attempt)s)")

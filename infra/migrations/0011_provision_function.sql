@@ -7,7 +7,8 @@
 --   * created: the user (its id chosen by the caller), the welcome-email outbox row, the request -> created, the
 --     INFO `user_created` event, and for a staff role the `account_created` audit row, all in this transaction.
 -- The events' texts and metadata come from the caller (`shared.health.prepared`: scrubbed, with the trace id);
--- the function adds the request's own facts (mode, fallback). `p_email_lease` creates the outbox row already
+-- the function adds the request's own facts (mode, fallback); the ERROR event's metadata is the INFO one's
+-- without the user id and with the error code. `p_email_lease` creates the outbox row already
 -- claimed by the caller for that long (it sends the email right after; the periodic pass leaves the row alone
 -- until the lease ends; a redelivery of the same job takes an unrecorded claim over). `p_attempt_id` finishes the consumer's `creation_attempts` row in the same transaction.
 -- SECURITY INVOKER (the default): the runtime role calls it with its own row rights (migration 0006 grants
@@ -20,7 +21,7 @@ ALTER TABLE email_outbox ADD COLUMN claimed_by bigint;
 CREATE FUNCTION provision_request(
     p_request_id text, p_user_id uuid, p_source text,
     p_created_message text, p_created_meta jsonb,
-    p_exists_message text, p_exists_meta jsonb, p_exists_error text,
+    p_exists_message text, p_exists_error text,
     p_email_lease interval DEFAULT NULL, p_attempt_id bigint DEFAULT NULL)
 RETURNS TABLE (status text, already_done boolean, error_code text, error text, user_id uuid, email text,
                full_name text, created_at timestamptz, outbox_id bigint)
@@ -72,7 +73,8 @@ BEGIN
          WHERE r.id = p_request_id;
         INSERT INTO system_health_logs (level, event, message, metadata, source)
         VALUES ('ERROR', 'creation_failed', p_exists_message,
-                p_exists_meta || jsonb_build_object('mode', req.mode), p_source);
+                (p_created_meta - 'user_id') || jsonb_build_object('mode', req.mode, 'error_code', 'user_exists'),
+                p_source);
         IF p_attempt_id IS NOT NULL THEN
             UPDATE creation_attempts a SET finished_at = clock_timestamp(), outcome = 'failed', error = 'user_exists'
              WHERE a.id = p_attempt_id;
