@@ -104,8 +104,8 @@ async def send_claimed(pool: AsyncConnectionPool, mailer: Mailer, settings: Sett
     report = report if report is not None else DeliveryReport()
     if not slot_taken and mailer.rate is not None and not await mailer.rate.wait_for_slot(settings.email_rate_wait_s):
         async with db.connection(pool) as conn:
-            await conn.execute("UPDATE email_outbox SET next_attempt_at = now() WHERE id = %s AND status = 'pending'",
-                               (claim.outbox_id,))
+            await conn.execute("UPDATE email_outbox SET next_attempt_at = now(), claimed_by = NULL"
+                               " WHERE id = %s AND status = 'pending'", (claim.outbox_id,))
         report.deferred += 1
         return report
     token = secrets.token_urlsafe(32)
