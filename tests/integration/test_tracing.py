@@ -93,6 +93,37 @@ async def test_one_trace_from_the_request_through_the_queue_the_consumer_and_ses
                         [b"Traced Person", tokens["sales_manager"].encode()]) == []
 
 
+async def test_a_job_without_its_trace_context_continues_the_trace_from_the_request_row(
+        deps, consumers, functions, stack, tmp_path, db, tokens):
+    """A job re-enqueued without the context (as the reconciler does) still becomes a child of the request's
+    span: the consumer reads `creation_requests.traceparent`."""
+    sink = tmp_path / "spans.jsonl"
+    start_consumer(consumers, stack, tmp_path, env={"TRACE_FILE": str(sink)})
+    create = start_function(functions, stack, tmp_path, TRACE_FILE=str(sink))
+    await deps.queue.queue.pause()
+    try:
+        trace_id, _, traceparent = new_traceparent()
+        async with httpx.AsyncClient(base_url=create.url, timeout=10) as client:
+            answer = await client.post("/api/users", json={"email": "requeued@example.com", "full_name": "Re Q"},
+                                       headers={**auth(tokens["sales_manager"]), "traceparent": traceparent})
+        assert answer.status_code == 202
+        request_id = answer.json()["request_id"]
+        job = await deps.queue.queue.getJob(request_id)
+        assert job.data["traceparent"].startswith(f"00-{trace_id}-")  # carried by the normal path
+        await deps.queue.remove_job(request_id)
+        await deps.queue.enqueue(request_id)  # the reconciler's way: no context in the job
+        assert (await deps.queue.queue.getJob(request_id)).data == {"request_id": request_id}
+    finally:
+        await deps.queue.queue.resume()
+
+    def spans_in() -> dict[str, dict[str, Any]]:
+        found = by_name(read_spans(sink, trace_id))
+        return found if {"POST create_user", "consumer.job"} <= found.keys() else {}
+
+    spans = await wait_until(spans_in, timeout=20, interval=0.2)
+    assert spans["consumer.job"]["parent_span_id"] == spans["POST create_user"]["span_id"]
+
+
 @pytest.mark.parametrize("path", ["sync", "fallback"])
 async def test_sync_and_fallback_continue_the_same_trace(deps, functions, stack, tmp_path, db, tokens, path):
     sink = tmp_path / "spans.jsonl"
