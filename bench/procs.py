@@ -194,13 +194,16 @@ class ConsumerProc(Managed):
 
 
 class BareWorkerProc(Managed):
-    """`python -m bench.bare_worker`: a plain bullmq Worker with an empty processor (a limit of the consumer)."""
+    """`python -m bench.bare_worker`: a plain bullmq Worker with an empty processor (a limit of the consumer), or
+    one doing only the consumer's SQL (`database_url`)."""
 
     name = "bare-worker"
 
-    def __init__(self, redis_url: str, prefix: str, queue: str, count: int, log_dir: Path) -> None:
+    def __init__(self, redis_url: str, prefix: str, queue: str, count: int, log_dir: Path,
+                 database_url: str | None = None) -> None:
         super().__init__()
-        self.args = ["--redis-url", redis_url, "--prefix", prefix, "--queue", queue, "--count", str(count)]
+        self.args = ["--redis-url", redis_url, "--prefix", prefix, "--queue", queue, "--count", str(count),
+                     *(["--database-url", database_url] if database_url else [])]
         self.result_path = log_dir / f"bare-worker-{uuid.uuid4().hex[:6]}.json"
         self.log_dir = log_dir
 

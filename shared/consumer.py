@@ -34,7 +34,7 @@ from shared.errors import DatabaseUnavailable, NotFound
 from shared.health import Level, record, record_detached
 from shared.job_tracing import job_span
 from shared.limits import LimitsFollower
-from shared.outbox import deliver_pending
+from shared.outbox import claim_lease_s, deliver_pending, send_claimed
 from shared.provisioning import provision
 from shared.queueing import JobQueue
 from shared.ratelimit import StartGate
@@ -263,42 +263,32 @@ class Consumer:
         self.last_job_at = time.time()
         attempt_id = await self._attempt_started(request_id, attempt, started_ms)
         try:
-            outcome = await provision(self.deps.pool, request_id, source=self.deps.source, via="consumer")
+            # One statement: the user, its claimed outbox row, the events, and this attempt's end.
+            outcome = await provision(self.deps.pool, request_id, source=self.deps.source, via="consumer",
+                                      claim_email=True, attempt_id=attempt_id,
+                                      email_lease_s=claim_lease_s(self.settings))
         except NotFound:
             raise UnrecoverableError("no such creation request") from None
         except Exception as exc:
             await self._attempt_failed(request_id, attempt_id, attempt, max_attempts, exc)
             raise
-        await self._attempt_finished(attempt_id, "already_done" if outcome.already_done else outcome.status,
-                                     outcome.error_code)
         if outcome.status == "failed":
             raise UnrecoverableError(outcome.error_code or "failed")
-        if not outcome.already_done and outcome.user is not None:
-            try:
-                await deliver_pending(self.deps.pool, self.deps.mailer, self.settings, source=self.deps.source,
-                                      user_id=outcome.user["id"], limit=1)
+        if outcome.email is not None:
+            try:  # SES is called with no transaction open; one more statement records the result
+                await send_claimed(self.deps.pool, self.deps.mailer, self.settings, outcome.email,
+                                   source=self.deps.source)
             except DatabaseUnavailable:
                 log.warning("welcome email left in the outbox for request %s", request_id)
         return {"user_id": outcome.user["id"] if outcome.user else None}
 
     async def _attempt_started(self, request_id: str, attempt: int, started_ms: int | None) -> int | None:
-        async with db.connection(self.deps.pool) as conn, conn.transaction():
-            await conn.execute("UPDATE creation_requests SET status = 'processing', updated_at = now()"
-                               " WHERE id = %s AND status IN ('queued', 'processing')", (request_id,))
-            cur = await conn.execute(
-                "INSERT INTO creation_attempts (request_id, attempt, consumer, started_at)"
-                " SELECT id, %s, %s, COALESCE(to_timestamp(%s / 1000.0), clock_timestamp())"
-                " FROM creation_requests WHERE id = %s RETURNING id",
-                (attempt, self.name, started_ms, request_id))
+        """The request -> processing and its attempt row, one statement (visible while the attempt runs)."""
+        async with db.connection(self.deps.pool) as conn:
+            cur = await conn.execute(_ATTEMPT_STARTED, {"id": request_id, "attempt": attempt, "consumer": self.name,
+                                                        "started_ms": started_ms})
             row = await cur.fetchone()
         return int(row["id"]) if row else None
-
-    async def _attempt_finished(self, attempt_id: int | None, outcome: str, error: str | None) -> None:
-        if attempt_id is None:
-            return
-        async with db.connection(self.deps.pool) as conn:
-            await conn.execute("UPDATE creation_attempts SET finished_at = clock_timestamp(), outcome = %s,"
-                               " error = %s WHERE id = %s", (outcome, error, attempt_id))
 
     async def _attempt_failed(self, request_id: str, attempt_id: int | None, attempt: int, max_attempts: int,
                               exc: Exception) -> None:
@@ -329,3 +319,12 @@ class Consumer:
         except DatabaseUnavailable:
             log.error("consumer %s: attempt %s of %s failed and could not be recorded (database unavailable)",
                       self.name, attempt, request_id)
+
+
+# The request -> processing (when not finished) and the attempt's row, in one statement.
+_ATTEMPT_STARTED = (
+    "WITH mark AS (UPDATE creation_requests SET status = 'processing', updated_at = now()"
+    "  WHERE id = %(id)s AND status IN ('queued', 'processing'))"
+    " INSERT INTO creation_attempts (request_id, attempt, consumer, started_at)"
+    " SELECT id, %(attempt)s, %(consumer)s, COALESCE(to_timestamp(%(started_ms)s / 1000.0), clock_timestamp())"
+    " FROM creation_requests WHERE id = %(id)s RETURNING id")

@@ -115,7 +115,8 @@ async def _accept(deps: Deps, principal: Principal, command: CreateUserCommand,
 
     if use_queue:
         try:
-            await deps.queue.enqueue(request_id)
+            # The request's trace context rides in the job (the row holds the same): no read-back by the consumer.
+            await deps.queue.enqueue(request_id, traceparent=(tracing.current_ids() or (None, ""))[1])
         except Exception as exc:
             # The job may or may not have landed; provision() makes either case end in one user.
             fallback_reason = "redis_unavailable"

@@ -1,7 +1,8 @@
 """One welcome-email sending rate for the whole system (SES' sending quota, `EMAIL_RATE_PER_S`).
 
-Every email goes through `outbox.deliver_pending`, whoever calls it (the sync path in a request, the consumer
-after a job, the consumer's periodic outbox pass), and it asks this gate for a slot first. The gate is the
+Every email goes through `outbox.deliver_pending` or `outbox.send_claimed`, whoever calls it (the sync path in a
+request, the consumer after a job, the consumer's periodic outbox pass), and it asks this gate for a slot first
+(the consumer's own claim, made by its creation statement, is given back when no slot comes in time). The gate is the
 consumers' start limiter (`StartGate`, a sliding window in Redis) over a one-second window, so every sender of
 every instance shares it. A sender waits at most `EMAIL_RATE_WAIT_S` for a slot; past that the email stays
 in the outbox (nothing lost) for the consumer's next pass, and the saturation leaves one WARNING event.

@@ -1,5 +1,7 @@
-"""The consumer's job span: a child of the creation request's span, its context read from
-`creation_requests.traceparent` (written when the request was recorded), and linked to it."""
+"""The consumer's job span: a child of the creation request's span, and linked to it. Its context comes with
+the job (`traceparent` in the job data, set by the request that enqueued it); a job without it (re-enqueued
+by the reconciler, a bulk chunk, an older job) reads `creation_requests.traceparent` (written when the request
+was recorded): one round trip more."""
 
 from __future__ import annotations
 
@@ -35,7 +37,11 @@ async def job_span(pool: AsyncConnectionPool, job: Any) -> AsyncIterator[None]:
         return
     data = job.data if isinstance(job.data, dict) else {}
     request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
-    traceparent = await request_traceparent(pool, request_id) if request_id else None
+    carried = data.get("traceparent")
+    if isinstance(carried, str):  # "" when the request had none
+        traceparent: str | None = carried or None
+    else:  # a job enqueued without it (reconciler, bulk, older jobs): the request row has it
+        traceparent = await request_traceparent(pool, request_id) if request_id else None
     parent = tracing.extract({"traceparent": traceparent} if traceparent else {})
     with tracing.span("consumer.job", parent=parent, kind="CONSUMER", link_parent=True,
                       attributes={"request_id": request_id or "", "attempt": int(job.attemptsMade) + 1}):

@@ -3,24 +3,28 @@
 Sync mode, the automatic fallback and the queue consumer all call `provision()`. It locks the request row,
 so two callers for one request (a fallback racing a consumer that got the job after all, a stalled job
 delivered twice, a crash and a retry) serialise, and the second one finds the work done: at most one user
-per request, and the unique normalised email makes it at most one user per address.
+per request, and the unique normalised email makes it at most one user per address. The whole creation (lock,
+user, outbox row, request state, events, audit row) is one statement, `provision_request()` (migration 0011):
+one round trip, and no transaction is ever left open between round trips.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from shared import db, tracing
-from shared.audit import record_audit
 from shared.errors import NotFound
-from shared.health import Level, record
+from shared.health import Level, log_event, prepared
+from shared.outbox import EmailClaim
 
 USER_EXISTS_MESSAGE = "a user with this email address already exists"
+USER_EXISTS_EVENT = "user creation failed for good: the address is already used"  # its ERROR event's text
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,8 @@ class Outcome:
     error_code: str | None = None
     error: str | None = None
     already_done: bool = False
+    # The new user's welcome email, claimed for the caller (only when asked: `provision(claim_email=True)`).
+    email: EmailClaim | None = None
 
 
 async def load_user(conn: AsyncConnection[Any], user_id: Any) -> dict[str, Any] | None:
@@ -48,58 +54,53 @@ def user_view(row: dict[str, Any]) -> dict[str, Any]:
             "created_at": row["created_at"].isoformat()}
 
 
-async def provision(pool: AsyncConnectionPool, request_id: str, *, source: str,
-                    via: str) -> Outcome:
-    """Create the user of `request_id` (idempotent). `via` says who did it: sync, fallback or consumer."""
+async def provision(pool: AsyncConnectionPool, request_id: str, *, source: str, via: str,
+                    claim_email: bool = False, attempt_id: int | None = None,
+                    email_lease_s: float = 0.0) -> Outcome:
+    """Create the user of `request_id` (idempotent). `via` says who did it: sync, fallback or consumer.
+
+    One statement, one round trip (`provision_request()`, migration 0011). With `claim_email` the new user's
+    outbox row comes back already claimed for `email_lease_s` (`Outcome.email`): the caller sends it with
+    `outbox.send_claimed` and the periodic pass leaves it alone meanwhile. `attempt_id` (the consumer's
+    `creation_attempts` row) is finished in the same transaction.
+    """
     with tracing.span("db.provision", attributes={"request_id": request_id, "via": via}) as span:
-        outcome = await _provision(pool, request_id, source=source, via=via)
+        outcome = await _provision(pool, request_id, source=source, via=via, claim_email=claim_email,
+                                   attempt_id=attempt_id, email_lease_s=email_lease_s)
         if span is not None:
             span.set_attribute("outcome", outcome.status + (" (already done)" if outcome.already_done else ""))
     return outcome
 
 
-async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str, via: str) -> Outcome:
-    async with db.connection(pool) as conn, conn.transaction():
-        cur = await conn.execute("SELECT * FROM creation_requests WHERE id = %s FOR UPDATE", (request_id,))
-        req = await cur.fetchone()
-        if req is None:
-            raise NotFound(f"no creation request {request_id}")
-        if req["status"] == "created":
-            return Outcome(request_id, "created", await load_user(conn, req["user_id"]), already_done=True)
-        if req["status"] == "failed":
-            return Outcome(request_id, "failed", None, req["error_code"], req["error"], already_done=True)
+async def _provision(pool: AsyncConnectionPool, request_id: str, *, source: str, via: str, claim_email: bool,
+                     attempt_id: int | None, email_lease_s: float) -> Outcome:
+    user_id = uuid.uuid4()
+    # + mode and fallback, added by the function from the row (and for the ERROR event: the error code)
+    created = prepared(Level.INFO, "user_created", f"user created ({via})",
+                       {"request_id": request_id, "via": via, "user_id": str(user_id)}, source=source)
+    async with db.connection(pool) as conn:
+        cur = await conn.execute(_PROVISION, {
+            "id": request_id, "user": user_id, "source": created["ev_source"],
+            "created_message": created["ev_message"], "created_meta": created["ev_metadata"],
+            "exists_message": USER_EXISTS_EVENT, "exists_error": USER_EXISTS_MESSAGE,
+            "lease": timedelta(seconds=email_lease_s) if claim_email else None, "attempt": attempt_id})
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"no creation request {request_id}")
+    claim = (EmailClaim(row["outbox_id"], row["user_id"], request_id, 0, row["email"], row["full_name"])
+             if claim_email and row["outbox_id"] is not None else None)
+    if row["already_done"]:  # (a redelivered job may come back with the email its earlier attempt claimed)
+        user = user_view(row) if row["user_id"] is not None else None
+        return Outcome(request_id, row["status"], user, row["error_code"], row["error"], already_done=True,
+                       email=claim)
+    if row["status"] == "failed":
+        log_event(Level.ERROR, "creation_failed")
+        return Outcome(request_id, "failed", None, row["error_code"], row["error"])
+    log_event(Level.INFO, "user_created")
+    return Outcome(request_id, "created", user_view(row), email=claim)
 
-        cur = await conn.execute(
-            "INSERT INTO users (id, email, email_normalized, full_name, phone, product, request_id, role)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (email_normalized) DO NOTHING"
-            " RETURNING id, email, full_name, created_at",
-            (uuid.uuid4(), req["email"], req["email_normalized"], req["full_name"], req["phone"],
-             req["product"], request_id, req["role"]),
-        )
-        user = await cur.fetchone()
-        ids = {"request_id": request_id, "mode": req["mode"], "via": via}
-        if user is None:
-            await conn.execute(
-                "UPDATE creation_requests SET status = 'failed', error_code = 'user_exists', error = %s,"
-                " attempts = attempts + 1, updated_at = now() WHERE id = %s",
-                (USER_EXISTS_MESSAGE, request_id),
-            )
-            await record(conn, Level.ERROR, "creation_failed",
-                         "user creation failed for good: the address is already used", 
-                         {**ids, "error_code": "user_exists"}, source=source)
-            return Outcome(request_id, "failed", None, "user_exists", USER_EXISTS_MESSAGE)
 
-        await conn.execute("INSERT INTO email_outbox (user_id, request_id) VALUES (%s, %s)",
-                           (user["id"], request_id))
-        await conn.execute(
-            "UPDATE creation_requests SET status = 'created', user_id = %s, attempts = attempts + 1,"
-            " error_code = NULL, error = NULL, updated_at = now() WHERE id = %s",
-            (user["id"], request_id),
-        )
-        await record(conn, Level.INFO, "user_created", f"user created ({via})",
-                     {**ids, "user_id": str(user["id"]), "fallback": req["fallback"]}, source=source)
-        if req["role"] != "member":  # a staff account is an admin change: audited with the user it makes
-            await record_audit(conn, actor=req["actor"], action="account_created", reason=None, before=None,
-                               after={"user_id": str(user["id"]), "role": req["role"], "request_id": request_id},
-                               target=str(user["id"]))
-    return Outcome(request_id, "created", user_view(user))
+_PROVISION = (
+    "SELECT status, already_done, error_code, error, user_id AS id, user_id, email, full_name, created_at,"
+    " outbox_id FROM provision_request(%(id)s, %(user)s, %(source)s, %(created_message)s, %(created_meta)s,"
+    " %(exists_message)s, %(exists_error)s, %(lease)s, %(attempt)s)")

@@ -1,4 +1,4 @@
-"""The BullMQ queue adapter: enqueue creation jobs (ids only), read queue state and consumer heartbeats.
+"""The BullMQ queue adapter: enqueue creation jobs (ids and trace context only), read queue state and heartbeats.
 
 The layout is BullMQ's own (queue `user-creation`, prefix `bull`), so BullMQ's tools can open it.
 """
@@ -62,10 +62,16 @@ class JobQueue:
         self.consumers_key = f"{base}:provisioner:consumers"
         self.consumer_key_prefix = f"{base}:provisioner:consumer:"
 
-    async def enqueue(self, request_id: str, *, timeout_s: float | None = None) -> None:
-        """Add the creation job; raises on timeout or any Redis error (the caller falls back)."""
+    async def enqueue(self, request_id: str, *, traceparent: str | None = None,
+                      timeout_s: float | None = None) -> None:
+        """Add the creation job; raises on timeout or any Redis error (the caller falls back).
+
+        `traceparent` (the W3C context recorded with the request; not a secret, no PII) rides in the job, so the
+        consumer continues the request's trace without reading it back from PostgreSQL; "" says the request
+        had none (no read either); None (the reconciler) leaves the consumer to read the row."""
+        data = {"request_id": request_id, **({"traceparent": traceparent} if traceparent is not None else {})}
         with tracing.span("redis.enqueue", kind="PRODUCER", attributes={"request_id": request_id}):
-            add = self.queue.add(JOB_NAME, {"request_id": request_id}, job_options(self.settings, request_id))
+            add = self.queue.add(JOB_NAME, data, job_options(self.settings, request_id))
             await asyncio.wait_for(add, timeout_s or self.settings.redis_timeout_s * 2)
 
     async def enqueue_many(self, request_ids: list[str], *, timeout_s: float | None = None) -> None:

@@ -120,6 +120,42 @@ async def bare_worker_rate(ctx: Ctx, jobs: int) -> dict[str, Any]:
         await queue.close()
 
 
+async def bare_sql_worker_rate(ctx: Ctx, requests: int) -> dict[str, Any]:
+    """Limit (c): a bare bullmq Worker doing only the consumer's SQL per job (no SES, no gate, no tracing),
+    draining as many real pre-queued requests the same way as `drain` (paused queue, READY, resume)."""
+    ctx.wipe()
+    queue = ctx.queue()
+    try:
+        await queue.pause()
+        ids = await ctx.create_requests(requests)
+        worker = ctx.registry.add(BareWorkerProc(ctx.stack.redis_url, ctx.stack.queue_prefix,
+                                                 ctx.settings.queue_name, len(ids), ctx.log_dir,
+                                                 database_url=ctx.stack.database_url)).launch()
+        try:
+            await worker.wait_line("READY")
+            t0 = time.time()
+            await queue.resume()
+            deadline = time.monotonic() + 120
+            while worker.running():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("bare SQL worker did not drain in 120 s")
+                await asyncio.sleep(0.05)
+            result = worker.result()
+        finally:
+            await asyncio.to_thread(ctx.registry.stop, worker)
+        if result["completed"] < len(ids) or result["last_completed_at"] is None:
+            raise RuntimeError(f"bare SQL worker completed {result['completed']} of {len(ids)}")
+        async with ctx.db() as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM users")
+            users = (await cur.fetchone() or {"n": 0})["n"]
+        if users != len(ids):
+            raise RuntimeError(f"bare SQL worker made {users} users of {len(ids)}")
+        elapsed = float(result["last_completed_at"]) - t0
+        return {"rate": len(ids) / elapsed, "elapsed_s": elapsed, "cpu_ms_per_job": 1000 * result["cpu_s"] / len(ids)}
+    finally:
+        await queue.close()
+
+
 def plain_insert_rate(database_url: str, rows: int) -> float:
     """Limit (b): plain psycopg, one connection, one INSERT and one commit per row into a scratch table."""
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -138,6 +174,13 @@ def plain_insert_rate(database_url: str, rows: int) -> float:
 
 
 NO_LIMIT = {"RATE_LIMIT_MAX": "0", "CONSUMER_CONCURRENCY": "5"}
+CPU_MS_PER_USER_GOAL = 1.5  # issue 16
+# Before issue 16 (commit 6036509, 2026-11-29, this machine, quiet): about 20 PostgreSQL round trips per user, a
+# transaction open across the SES call, boto3 in a thread per email. It cannot be re-measured in the same run
+# (the code is gone), so the 3x goal's ratio is against these recorded figures; `users_per_s_full` is the
+# figure the issue quotes.
+BASELINE = {"commit": "6036509", "date": "2026-11-29", "users_per_s_quick": 121.0, "users_per_s_full": 145.0,
+            "cpu_ms_per_user": 5.2, "pg_round_trips_per_user": 20}
 
 
 async def consumer_1_process(ctx: Ctx) -> dict[str, Any]:
@@ -146,20 +189,32 @@ async def consumer_1_process(ctx: Ctx) -> dict[str, Any]:
     result = await drain(ctx, consumers=1, requests=requests, timeout_s=180, **NO_LIMIT)
     ctx.shared["consumer_1"] = result
     bare = await bare_worker_rate(ctx, requests)
+    bare_sql = await bare_sql_worker_rate(ctx, requests)
     inserts = await asyncio.to_thread(plain_insert_rate, ctx.stack.database_url, requests)
     share = ratio(result["rate"], bare["rate"])
-    ctx.notes["consumer_1_process"] = (f"bare worker {fmt(bare['rate'])}/s, psycopg {fmt(inserts)} rows/s;"
-                                       f" CPU {fmt(result['cpu_s_per_1000_users'])} s/1k;"
+    cpu_ms = result["cpu_s_per_1000_users"]  # s per 1,000 users = ms per user
+    ctx.notes["consumer_1_process"] = (f"bare worker {fmt(bare['rate'])}/s, bare worker + our SQL"
+                                       f" {fmt(bare_sql['rate'])}/s ({fmt(bare_sql['cpu_ms_per_job'])} ms CPU/job),"
+                                       f" psycopg {fmt(inserts)} rows/s; CPU {fmt(cpu_ms)} ms/user (goal <= 1.5);"
                                        f" RSS {fmt(result['rss_hwm_mb_per_process'][0])} MB")
     return case_result(
         figure=result["rate"], unit="users/s", limit=bare["rate"],
         limit_desc="(a) bare bullmq Worker, empty processor, concurrency 5, same Redis, same number of jobs",
-        ratio=share, goal="ratio (consumer / bare worker) >= 0.70", goal_met=at_least(share, 0.70),
+        ratio=share, goal="ratio (consumer / bare worker) >= 0.70; consumer CPU <= 1.5 ms per user",
+        goal_met=all_met(at_least(share, 0.70), at_most(cpu_ms, CPU_MS_PER_USER_GOAL)),
         requests=result["requests"], elapsed_s=result["elapsed_s"], attempts=result["attempts"],
         first_start_after_resume_ms=result["first_start_after_resume_ms"],
-        bare_worker_elapsed_s=bare["elapsed_s"], plain_insert_rows_per_s=inserts,
-        ratio_vs_plain_inserts=ratio(result["rate"], inserts),
-        consumer_cpu_s_per_1000_users=result["cpu_s_per_1000_users"],
+        bare_worker_elapsed_s=bare["elapsed_s"],
+        bare_sql_worker_users_per_s=bare_sql["rate"], ratio_vs_bare_sql_worker=ratio(result["rate"], bare_sql["rate"]),
+        bare_sql_worker_cpu_ms_per_job=bare_sql["cpu_ms_per_job"],
+        bare_sql_worker_desc="(c) bare bullmq Worker doing only the consumer's SQL per job (attempt start, the"
+                             " creation statement, the sent-email record): no SES, no gates, no tracing",
+        plain_insert_rows_per_s=inserts, ratio_vs_plain_inserts=ratio(result["rate"], inserts),
+        consumer_cpu_ms_per_user=cpu_ms, consumer_cpu_ms_per_user_goal=CPU_MS_PER_USER_GOAL,
+        consumer_cpu_ms_per_user_met=at_most(cpu_ms, CPU_MS_PER_USER_GOAL),
+        consumer_cpu_s_per_1000_users=cpu_ms, baseline=BASELINE,
+        ratio_vs_baseline_users_per_s=ratio(result["rate"], BASELINE["users_per_s_quick" if ctx.quick
+                                                                      else "users_per_s_full"]),
         consumer_rss_hwm_mb=result["rss_hwm_mb_per_process"][0], load_avg_1m=load_average()[0])
 
 
@@ -216,9 +271,10 @@ async def idle_pickup(ctx: Ctx) -> dict[str, Any]:
     added: dict[str, float] = {}
     original = deps.queue.enqueue
 
-    async def timed_enqueue(request_id: str, *, timeout_s: float | None = None) -> None:
+    async def timed_enqueue(request_id: str, *, traceparent: str | None = None,
+                            timeout_s: float | None = None) -> None:
         added[request_id] = time.time()  # same machine, same clock as PostgreSQL's and Redis' timestamps
-        await original(request_id, timeout_s=timeout_s)
+        await original(request_id, traceparent=traceparent, timeout_s=timeout_s)
 
     deps.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
     procs = await _start_consumers(ctx, 1)

@@ -36,7 +36,10 @@ async def test_queue_mode_answers_202_records_request_and_enqueues_ids_only(call
     assert row == {"status": "queued", "mode": "async_queue", "email_normalized": "alice.example@example.com"}
     job = await deps.queue.queue.getJob(data["request_id"])
     assert job is not None and job.id == data["request_id"]
-    assert job.data == {"request_id": data["request_id"]}
+    # ids only: the request id and the W3C trace context recorded with the request (not a secret, no PII)
+    traceparent = db.execute("SELECT traceparent FROM creation_requests WHERE id = %s",
+                             (data["request_id"],)).fetchone()["traceparent"]
+    assert job.data == {"request_id": data["request_id"], "traceparent": traceparent or ""}
     assert job.opts["attempts"] == 4 and job.opts["backoff"] == {"type": "exponential", "delay": 2000}
     assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] == 0
     event = db.execute("SELECT level, event FROM system_health_logs WHERE event = 'creation_requested'").fetchone()

@@ -66,13 +66,14 @@ async def test_one_trace_from_the_request_through_the_queue_the_consumer_and_ses
 
     def spans_in() -> dict[str, dict[str, Any]]:
         found = by_name(read_spans(sink, trace_id))
-        return found if {"consumer.job", "ses.send_email"} <= found.keys() else {}
+        # (each process exports in its own batches: the consumer's spans may be written before the server's)
+        return found if {"POST create_user", "consumer.job", "ses.send_email"} <= found.keys() else {}
 
     spans = await wait_until(spans_in, timeout=20, interval=0.2)
     server, enqueue, job = spans["POST create_user"], spans["redis.enqueue"], spans["consumer.job"]
     assert server["parent_span_id"] == caller_span and server["kind"] == "SERVER"  # the caller's trace, continued
     assert enqueue["parent_span_id"] == server["span_id"]
-    assert job["parent_span_id"] == server["span_id"] and job["service"] == "consumer"  # via the request row
+    assert job["parent_span_id"] == server["span_id"] and job["service"] == "consumer"  # via the job's data
     assert job["links"] == [f"{trace_id}-{server['span_id']}"]
     provision, ses = spans["db.provision"], spans["ses.send_email"]
     assert provision["parent_span_id"] == job["span_id"] and provision["attributes"]["via"] == "consumer"
@@ -90,6 +91,37 @@ async def test_one_trace_from_the_request_through_the_queue_the_consumer_and_ses
     assert_no_pii(sink, "Traced Person", tokens["sales_manager"])
     assert find_secrets(stack.redis_url, stack.queue_prefix, stack.database_url,
                         [b"Traced Person", tokens["sales_manager"].encode()]) == []
+
+
+async def test_a_job_without_its_trace_context_continues_the_trace_from_the_request_row(
+        deps, consumers, functions, stack, tmp_path, db, tokens):
+    """A job re-enqueued without the context (as the reconciler does) still becomes a child of the request's
+    span: the consumer reads `creation_requests.traceparent`."""
+    sink = tmp_path / "spans.jsonl"
+    start_consumer(consumers, stack, tmp_path, env={"TRACE_FILE": str(sink)})
+    create = start_function(functions, stack, tmp_path, TRACE_FILE=str(sink))
+    await deps.queue.queue.pause()
+    try:
+        trace_id, _, traceparent = new_traceparent()
+        async with httpx.AsyncClient(base_url=create.url, timeout=10) as client:
+            answer = await client.post("/api/users", json={"email": "requeued@example.com", "full_name": "Re Q"},
+                                       headers={**auth(tokens["sales_manager"]), "traceparent": traceparent})
+        assert answer.status_code == 202
+        request_id = answer.json()["request_id"]
+        job = await deps.queue.queue.getJob(request_id)
+        assert job.data["traceparent"].startswith(f"00-{trace_id}-")  # carried by the normal path
+        await deps.queue.remove_job(request_id)
+        await deps.queue.enqueue(request_id)  # the reconciler's way: no context in the job
+        assert (await deps.queue.queue.getJob(request_id)).data == {"request_id": request_id}
+    finally:
+        await deps.queue.queue.resume()
+
+    def spans_in() -> dict[str, dict[str, Any]]:
+        found = by_name(read_spans(sink, trace_id))
+        return found if {"POST create_user", "consumer.job"} <= found.keys() else {}
+
+    spans = await wait_until(spans_in, timeout=20, interval=0.2)
+    assert spans["consumer.job"]["parent_span_id"] == spans["POST create_user"]["span_id"]
 
 
 @pytest.mark.parametrize("path", ["sync", "fallback"])
