@@ -30,9 +30,13 @@ async def consumer() -> int:
 
 
 def main() -> None:
-    """Process entry point."""
+    """Process entry point: on uvloop (the event loop the HTTP functions get from uvicorn) where installed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(asyncio.run(consumer()))
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: the standard loop
+        sys.exit(asyncio.run(consumer()))
+    sys.exit(uvloop.run(consumer()))
 
 
 if __name__ == "__main__":
