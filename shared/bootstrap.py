@@ -67,6 +67,7 @@ class Deps:
     async def aclose(self) -> None:
         """Close what this process opened."""
         await self.breaker.close()
+        await self.mode_cache.aclose()
         await self.queue.close()
         await self.pool.close()
 
