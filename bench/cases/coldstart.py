@@ -4,7 +4,6 @@ world."""
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
 import time
 import uuid
@@ -29,7 +28,7 @@ class Probe:
     method: str
     path: str
     want: tuple[int, ...]
-    token: str | None = "admin"
+    token: str | None = "admin"  # noqa: S105  # nosec B105 (which of the run's tokens, not a secret)
     body: bytes | None = None
     content_type: str = "application/json"
 
@@ -110,7 +109,8 @@ async def _first_answer(server: FunctionServer, probe: Probe, headers: dict[str,
                 response = await client.request(probe.method, probe.path, headers=headers, content=probe.body)
             except httpx.TransportError:
                 if time.perf_counter() - server.launched_at > within_s:
-                    raise RuntimeError(f"{server.name} did not answer within {within_s} s:\n{server.output()}")
+                    raise RuntimeError(f"{server.name} did not answer within {within_s} s:\n"
+                                       f"{server.output()}") from None
                 await asyncio.sleep(0.01)
                 continue
             seconds = time.perf_counter() - server.launched_at
