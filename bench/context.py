@@ -49,7 +49,7 @@ class Ctx:
         # The request-path cases measure the queue path with no consumer running: `NO_CONSUMER_FALLBACK=false`
         # (a real setting) keeps it on the queue, instead of any pretend heartbeat. Consumer cases run real ones.
         self.env = {**self.stack.env(), "NO_CONSUMER_FALLBACK": "false"}
-        self.settings = Settings(**self.env)  # type: ignore[arg-type]  # pydantic parses the strings
+        self.settings = Settings(**self.env)  # pydantic parses the strings
         self.tokens = {
             "sales": issue_token(self.settings, role=Role.SALES_MANAGER, subject="bench-sales"),
             "admin": issue_token(self.settings, role=Role.ADMIN, subject="bench-admin"),

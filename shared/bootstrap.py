@@ -67,6 +67,7 @@ class Deps:
     async def aclose(self) -> None:
         """Close what this process opened."""
         await self.breaker.close()
+        await self.mode_cache.aclose()
         await self.queue.close()
         await self.pool.close()
 
@@ -181,8 +182,9 @@ async def get_deps() -> Deps:
         if _deps is None:
             _deps = await open_deps(get_settings())
             # Start-up objects live for the whole instance: keep them out of the collector's full passes,
-            # which otherwise pause a fresh instance for 40-60 ms on one unlucky request.
-            gc.collect()
+            # which otherwise pause a fresh instance for 40-60 ms on one unlucky request. Frozen without a
+            # collection first: that collection cost the first request as much (the little import-time
+            # garbage it would free is not worth it).
             gc.freeze()
             log.info("dependencies ready for %s", _deps.source)
     return _deps

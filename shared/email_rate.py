@@ -17,9 +17,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aioredis
-
 from shared.ratelimit import StartGate
+from shared.redis_import import aioredis
 from shared.transitions import Transitions
 
 

@@ -8,15 +8,10 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from shared.email_syntax import enable_domain_cache
 from shared.identity import normalize_email
-
-# Every address is checked by email_validator; its domain check (two thirds of the cost, a pure function of the
-# domain) is cached: the sales team's requests come from few domains (see shared/email_syntax.py).
-enable_domain_cache()
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -48,7 +43,17 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
+_domain_cache: list[bool] = []  # set once the library's domain check is cached
+
+
 def _valid_email(value: str) -> str:
+    # Imported on first use: 20 ms of a cold start for the functions that never read an address.
+    from email_validator import EmailNotValidError, validate_email
+
+    if not _domain_cache:
+        # Its domain check (two thirds of the cost, a pure function of the domain) is cached: the sales team's
+        # requests come from few domains (shared/email_syntax.py).
+        _domain_cache.append(enable_domain_cache())
     _no_control_chars(value)
     try:
         checked = validate_email(value, check_deliverability=False, allow_smtputf8=True, strict=True)

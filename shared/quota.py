@@ -26,8 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from shared.redis_import import aioredis
 from shared.transitions import Transitions
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from typing import Any
 
-import redis.asyncio as aioredis
+from shared.redis_import import aioredis
 
 _ACQUIRE = """
 local t = redis.call('TIME')

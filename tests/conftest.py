@@ -114,6 +114,7 @@ async def deps(session_deps: Deps, stack: Stack, monkeypatch: pytest.MonkeyPatch
     """Clean database and queue, a closed breaker and a fresh mode cache, used by the functions."""
     _wipe(stack)
     await session_deps.breaker.close()
+    await session_deps.mode_cache.aclose()
     session_deps.mode_cache = ModeCache(session_deps.pool, session_deps.settings.mode_cache_ttl_s)
     use_deps(monkeypatch, session_deps)
     yield session_deps

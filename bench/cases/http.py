@@ -327,16 +327,29 @@ async def kill_switch_propagation(ctx: Ctx) -> dict[str, Any]:
                                 "per_instance_answered_s": [t[1] for t in times],
                                 "last_s": max(t[0] for t in times), "last_answered_s": max(t[1] for t in times)})
                 await asyncio.sleep(0.3)
+        # What the design costs PostgreSQL: one listening connection per instance that read the switch, next to
+        # its pool (the instances name their connections after their role: `function`, `function-mode-listener`).
+        async with ctx.db() as conn:
+            cur = await conn.execute("SELECT application_name, count(*) AS n FROM pg_stat_activity"
+                                     " WHERE datname = current_database() GROUP BY application_name")
+            backends = {row["application_name"]: row["n"] for row in await cur.fetchall()}
     finally:
         ctx.set_mode_sql("async_queue")
         for server in [*others, switch]:
             ctx.registry.stop(server)
     worst = max(s["last_s"] for s in samples)
+    # Only an instance that reads the switch through its cache listens (here the create instances; set_mode
+    # reads the row itself).
+    listeners = backends.get("function-mode-listener", 0)
     ctx.notes["kill_switch_propagation"] = (f"{flips} flips, last instance: "
                                             + ", ".join(fmt(s["last_s"] * 1000) for s in samples) + " ms")
     return case_result(
         figure=worst, unit="s", limit=None,
-        limit_desc="none (absolute goal; instances cache the switch for MODE_CACHE_TTL_S)", ratio=None,
-        goal="slowest flip: last of 3 instances obeys <= 2 s after set_mode answered (stretch <= 0.2 s)",
-        goal_met=at_most(worst, 2.0), stretch_met=at_most(worst, 0.2), flips=samples,
-        mode_cache_ttl_s=ctx.settings.mode_cache_ttl_s, load_avg_1m=load_average()[0])
+        limit_desc="none (absolute goal; PostgreSQL announces a flip, MODE_CACHE_TTL_S bounds it without)",
+        ratio=None, goal="slowest flip: last of 3 instances obeys <= 0.2 s after set_mode answered",
+        goal_met=at_most(worst, 0.2), flips=samples, mode_cache_ttl_s=ctx.settings.mode_cache_ttl_s,
+        listener_connections=listeners, listener_connections_per_instance=ratio(listeners, len(instances)),
+        pool_connections=backends.get("function", 0), processes=len(instances) + 1,
+        db_cost="one idle LISTEN connection per instance that reads the switch, plus one read of the switch per"
+                " instance per flip (on its next request); the TTL reads are unchanged",
+        load_avg_1m=load_average()[0])

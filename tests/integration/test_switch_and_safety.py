@@ -11,7 +11,7 @@ from shared.errors import DatabaseUnavailable
 from shared.models import CreateUserCommand, SetModeCommand, TrafficMode
 from shared.provisioning import provision
 from shared.traffic import set_mode
-from tests.conftest import auth, use_deps
+from tests.conftest import auth, use_deps, wait_until
 from tests.functions.test_create_user import BODY
 from tests.support.pii import find_secrets
 from tests.support.stack import TEST_JWT_SECRET
@@ -38,6 +38,49 @@ async def test_switch_reaches_another_instance_within_2s(deps, deps_factory):
         i += 1
         await asyncio.sleep(0.05)
     assert time.perf_counter() - flipped <= 2.0
+
+
+async def _obeys(instance, mode: TrafficMode) -> bool:
+    return (await instance.mode_cache.current()).mode == mode
+
+
+def _listener_pids(db, role: str) -> list[int]:
+    rows = db.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                      (f"{role}-mode-listener",)).fetchall()
+    return [row["pid"] for row in rows]
+
+
+async def test_a_flip_reaches_another_instance_at_once_not_after_its_ttl(deps, deps_factory, call, tokens, db):
+    """Instance b caches the switch for 2 s; a flip made through set_mode on another instance reaches it well
+    before that: PostgreSQL announces it (LISTEN/NOTIFY) and b reads the switch again on its next request."""
+    b = await deps_factory(MODE_CACHE_TTL_S=2.0)
+    assert await _obeys(b, TrafficMode.ASYNC_QUEUE)
+    await wait_until(lambda: b.mode_cache.listening)
+    assert len(_listener_pids(db, "test-instance")) == 1  # one connection of its own, outside the pool
+    assert await _obeys(b, TrafficMode.ASYNC_QUEUE)  # read just now: its TTL alone would hold it for 2 s
+    r = await call("set_mode", "POST", "/api/admin/system/mode", headers=auth(tokens["admin"]),
+                   json={"mode": "sync_direct", "reason": "notify test"})
+    assert r.status_code == 200
+    await wait_until(lambda: _obeys(b, TrafficMode.SYNC_DIRECT), timeout=0.5, interval=0.01)
+
+
+async def test_a_terminated_listener_comes_back_and_the_switch_is_followed_meanwhile(deps, deps_factory, db,
+                                                                                   caplog):
+    b = await deps_factory(MODE_CACHE_TTL_S=2.0)
+    assert await _obeys(b, TrafficMode.ASYNC_QUEUE)
+    await wait_until(lambda: b.mode_cache.listening)
+    [old] = _listener_pids(db, "test-instance")
+    db.execute("SELECT pg_terminate_backend(%s)", (old,))
+    await set_mode(deps.pool, SetModeCommand(mode=TrafficMode.SYNC_DIRECT, reason="listener lost"),
+                   actor="admin-1", source="test")
+    # Followed within the TTL whether or not the listener is back yet.
+    await wait_until(lambda: _obeys(b, TrafficMode.SYNC_DIRECT), timeout=2.5, interval=0.02)
+    assert "traffic mode listener down" in caplog.text
+    await wait_until(lambda: b.mode_cache.listening and _listener_pids(db, "test-instance") not in ([], [old]))
+    assert await _obeys(b, TrafficMode.SYNC_DIRECT)  # a read now: the TTL would hold the next flip for 2 s
+    await set_mode(deps.pool, SetModeCommand(mode=TrafficMode.ASYNC_QUEUE, reason="listener back"),
+                   actor="admin-1", source="test")
+    await wait_until(lambda: _obeys(b, TrafficMode.ASYNC_QUEUE), timeout=0.5, interval=0.01)
 
 
 async def test_last_known_mode_stays_when_postgres_is_unreachable(deps):
