@@ -116,8 +116,16 @@ def build_app(upstreams: dict[str, str], specs: dict[str, FunctionSpec] | None =
 
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
-            upstream = await state["client"].request(request.method, url, headers=headers,
-                                                     content=body() if has_body else None)
+            try:
+                upstream = await state["client"].request(request.method, url, headers=headers,
+                                                         content=body() if has_body else None)
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the function closed (its keep-alive timeout) just as this request went
+                # out: the function saw nothing. A request without a body that cannot change anything (GET,
+                # HEAD) goes once more, on a new connection, as a browser would do; anything else is answered.
+                if has_body or request.method not in ("GET", "HEAD"):
+                    raise
+                upstream = await state["client"].request(request.method, url, headers=headers)
         except BodyTooLarge:
             return _error(413, "payload_too_large", f"the body is larger than {cap} bytes")
         except httpx.HTTPError as exc:

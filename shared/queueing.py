@@ -81,8 +81,9 @@ class JobQueue:
         had none (no read either); None (the reconciler) leaves the consumer to read the row."""
         data = {"request_id": request_id, **({"traceparent": traceparent} if traceparent is not None else {})}
         with tracing.span("redis.enqueue", kind="PRODUCER", attributes={"request_id": request_id}):
+            queue = self.queue  # made (and bullmq imported) on first use: not inside the Redis time budget
             async with asyncio.timeout(timeout_s or self.settings.redis_timeout_s * 2):  # no extra task per job
-                await self.queue.add(JOB_NAME, data, job_options(self.settings, request_id))
+                await queue.add(JOB_NAME, data, job_options(self.settings, request_id))
 
     async def enqueue_many(self, request_ids: list[str], *, timeout_s: float | None = None) -> None:
         """Add many creation jobs in one round trip (bullmq's `addBulk`: one MULTI pipeline, so a chunk lands

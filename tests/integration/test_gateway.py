@@ -155,3 +155,44 @@ def test_a_body_within_the_cap_is_streamed_through_whole(gateway, upstream):
     assert status == 200 and upstream["seen"][-1]["size"] == 16_000
     r = httpx.post(gateway["url"] + "/api/users", content=b"a" * CAP)
     assert r.status_code == 200 and r.json()["size"] == CAP
+
+
+def test_a_get_on_a_kept_alive_connection_the_function_just_closed_is_sent_again():
+    """The race behind a flaky panel load: the function closes an idle kept-alive connection (uvicorn's keep-alive
+    timeout) just as the gateway reuses it. The upstream here answers the first request of each connection and
+    drops the second unanswered; the GET must still be answered 200 (sent again on a new connection)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    dropped: list[int] = []
+
+    def serve_connection(conn: socket.socket) -> None:
+        with conn:
+            for index in (1, 2):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                if index == 2:
+                    dropped.append(1)
+                    return  # closed without an answer
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
+
+    def accept() -> None:
+        with listener:
+            listener.settimeout(20)
+            for _ in range(4):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve_connection, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    app = build_app({"healthz": f"http://127.0.0.1:{port}"}, max_body_bytes=CAP, ready=lambda: True)
+    with serve(app, lambda app, host, port, log_level: server_config(app, host, port)) as url:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            answers = [client.get("/healthz") for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert dropped, "the second GET met the dropped connection"
