@@ -25,7 +25,7 @@ from shared.errors import (
 )
 from shared.health import Level
 from shared.models import CreateUserCommand, TrafficMode, is_request_id
-from shared.outbox import deliver_pending
+from shared.outbox import claim_lease_s, deliver_pending, send_claimed
 from shared.provisioning import Outcome, provision
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,11 @@ async def _accept(deps: Deps, principal: Principal, command: CreateUserCommand,
         else:
             return _queued_answer(deps, request_id), True
 
+    # The new user's welcome email comes back claimed by this request (one statement fewer than a claim of its
+    # own); the periodic pass takes it over only if this instance dies before recording the send.
     outcome = await provision(deps.pool, request_id, source=deps.source,
-                              via="fallback" if fallback_reason else "sync")
+                              via="fallback" if fallback_reason else "sync", claim_email=True,
+                              email_lease_s=claim_lease_s(deps.settings))
     return await _created_answer(deps, request_id, outcome, fallback=fallback_reason is not None), True
 
 
@@ -221,8 +224,11 @@ async def _created_answer(deps: Deps, request_id: str, outcome: Outcome, *, fall
         raise CreationFailed(outcome.error or "the user could not be created")
     if not outcome.already_done:  # whoever created the user sends the email (a replay may win the lock)
         try:
-            await deliver_pending(deps.pool, deps.mailer, deps.settings, source=deps.source,
-                                  user_id=outcome.user["id"], limit=1)
+            if outcome.email is not None:
+                await send_claimed(deps.pool, deps.mailer, deps.settings, outcome.email, source=deps.source)
+            else:
+                await deliver_pending(deps.pool, deps.mailer, deps.settings, source=deps.source,
+                                      user_id=outcome.user["id"], limit=1)
         except Exception:
             # The user exists and the email stays in the outbox for a later delivery pass.
             log.exception("welcome email delivery pass failed for request %s", request_id)
