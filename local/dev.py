@@ -157,7 +157,7 @@ def _environment(opts: DevOptions, stack: contextlib.ExitStack, services: list[t
         env["REDIS_URL"] = redis_server.url
         services.append(("redis", redis_server))
     if not env.get("AWS_ENDPOINT_URL_SES"):
-        sup.say("starting the SES emulator (moto server) ...")
+        sup.say("starting the SES emulator (moto) ...")
         ses = stack.enter_context(SesEmulator(_preferred("ses"), log_path=data / "moto.log"))
         env["AWS_ENDPOINT_URL_SES"] = ses.url
         env.setdefault("AWS_ACCESS_KEY_ID", "testing")

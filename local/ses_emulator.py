@@ -1,4 +1,5 @@
-"""moto's standalone server with a verified sender identity, for SES calls (`SesEmulator`), and what it sent."""
+"""moto (under gunicorn, kept-alive connections) with a verified sender identity, for SES calls (`SesEmulator`),
+and what it sent."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _normalise_ses_message(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class SesEmulator(ManagedProcess):
-    """moto's standalone server with a verified sender identity, for SES calls."""
+    """moto's server with a verified sender identity, for SES calls."""
 
     _service = "ses (moto)"
 
@@ -123,7 +124,8 @@ class SesEmulator(ManagedProcess):
             conn.close()
 
     def start(self, timeout: float = 20.0) -> None:
-        """Launch ``python -m moto.server``, wait for HTTP, then verify :attr:`sender`.
+        """Launch moto (``local.moto_app`` under gunicorn, kept-alive connections), wait for HTTP, then verify
+        :attr:`sender`.
 
         Raises:
             ServiceError: the process exited, HTTP never answered within ``timeout``,
@@ -139,7 +141,11 @@ class SesEmulator(ManagedProcess):
         else:
             log_path = self._given_log_path
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        # moto's app under gunicorn's threaded worker with keep-alive (local/moto_app.py says why); one worker:
+        # moto's state is in its memory.
+        cmd = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1", "--threads", "16",
+               "--keep-alive", "30", "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
+               "--chdir", str(Path(__file__).resolve().parent.parent), "local.moto_app:app"]
         with open_log(log_path) as log:
             self._proc = subprocess.Popen(
                 cmd,
