@@ -40,17 +40,20 @@ def make_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float, name:
     )
 
 
-def _looks_dead(conn: AsyncConnection[Any]) -> bool:
-    """True when an idle connection has something to read: on an idle connection the server only speaks to say
-    it is going away (a terminated backend sends FATAL 57P01, then EOF; a killed server leaves EOF). Checked with
-    a zero-timeout `select()` on the socket: no round trip, a microsecond."""
-    if conn.closed or conn.broken:
-        return True
+def readable_now(conn: AsyncConnection[Any]) -> bool | None:
+    """Whether the server has sent something not read yet, by a zero-timeout `select()` on the connection's
+    socket: no round trip, a microsecond. None when the socket cannot be looked at (closed, broken)."""
     try:
         readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.OperationalError):
-        return True
+    except (OSError, ValueError, psycopg.Error):
+        return None
     return bool(readable)
+
+
+def _looks_dead(conn: AsyncConnection[Any]) -> bool:
+    """True when an idle connection has something to read: on an idle connection the server only speaks to say
+    it is going away (a terminated backend sends FATAL 57P01, then EOF; a killed server leaves EOF)."""
+    return conn.closed or conn.broken or readable_now(conn) is not False
 
 
 @contextlib.asynccontextmanager

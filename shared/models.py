@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -43,17 +44,18 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
-_domain_cache: list[bool] = []  # set once the library's domain check is cached
+@functools.cache
+def _cache_domain_checks() -> bool:
+    """Once per process: email_validator's domain check (two thirds of its cost, a pure function of the domain)
+    is cached; the sales team's requests come from few domains (shared/email_syntax.py)."""
+    return enable_domain_cache()
 
 
 def _valid_email(value: str) -> str:
     # Imported on first use: 20 ms of a cold start for the functions that never read an address.
     from email_validator import EmailNotValidError, validate_email
 
-    if not _domain_cache:
-        # Its domain check (two thirds of the cost, a pure function of the domain) is cached: the sales team's
-        # requests come from few domains (shared/email_syntax.py).
-        _domain_cache.append(enable_domain_cache())
+    _cache_domain_checks()
     _no_control_chars(value)
     try:
         checked = validate_email(value, check_deliverability=False, allow_smtputf8=True, strict=True)

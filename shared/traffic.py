@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -216,13 +215,7 @@ class ModeCache:
         if self._stale:
             return True
         conn = self._listen_conn
-        if conn is None or conn.closed:
-            return False
-        try:
-            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-        except (OSError, ValueError, psycopg.Error):
-            return False
-        return bool(readable)
+        return conn is not None and not conn.closed and db.readable_now(conn) is True
 
     def _start_listener(self) -> None:
         if self._listener is None or self._listener.done():
