@@ -145,18 +145,13 @@ async def cold_start(ctx: Ctx) -> dict[str, Any]:
     hello_probe = Probe("GET", "/", (200,), None)
     for index in range(len(names) + 1):
         if index in hello_slots:  # interleaved, so a machine getting busier shows in both
-            server = ctx.bench_function("hello")
-            try:
-                seconds, _ = await _first_answer(server, hello_probe, {})
-            finally:
-                ctx.registry.stop(server)
-            hello.append(seconds)
-            server = ctx.bench_function("hello_deps")
-            try:
-                seconds, _ = await _first_answer(server, hello_probe, {})
-            finally:
-                ctx.registry.stop(server)
-            floor.append(seconds)
+            for target, samples in (("hello", hello), ("hello_deps", floor)):
+                server = ctx.bench_function(target)
+                try:
+                    seconds, _ = await _first_answer(server, hello_probe, {})
+                finally:
+                    ctx.registry.stop(server)
+                samples.append(seconds)
         if index == len(names):
             break
         name = names[index]

@@ -84,6 +84,28 @@ async def drain(ctx: Ctx, *, consumers: int, requests: int, timeout_s: float, **
             "rss_hwm_mb_per_process": [r["tree_mb"] for r in rss]}
 
 
+async def _timed_bare_drain(ctx: Ctx, queue: Any, proc: BareWorkerProc, jobs: int, what: str
+                            ) -> tuple[dict[str, Any], float]:
+    """Launch a bare worker on a paused queue, resume once it polls (READY), wait until it has drained `jobs`:
+    (its result, the resume time)."""
+    worker = ctx.registry.add(proc).launch()
+    try:
+        await worker.wait_line("READY")
+        t0 = time.time()
+        await queue.resume()
+        deadline = time.monotonic() + 120
+        while worker.running():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not drain in 120 s")
+            await asyncio.sleep(0.05)
+        result = worker.result()
+    finally:
+        await asyncio.to_thread(ctx.registry.stop, worker)
+    if result["completed"] < jobs or result["last_completed_at"] is None:
+        raise RuntimeError(f"{what} completed {result['completed']} of {jobs}")
+    return result, t0
+
+
 async def bare_worker_rate(ctx: Ctx, jobs: int) -> dict[str, Any]:
     """Limit (a): a bare bullmq Worker (empty processor, concurrency 5) draining as many pre-queued jobs."""
     name = f"bench-bare-{uuid.uuid4().hex[:6]}"
@@ -97,22 +119,9 @@ async def bare_worker_rate(ctx: Ctx, jobs: int) -> dict[str, Any]:
                 batch.append({"name": JOB_NAME, "data": {"request_id": job_id},
                               "opts": job_options(ctx.settings, job_id)})
             await queue.addBulk(batch)
-        worker = ctx.registry.add(BareWorkerProc(ctx.stack.redis_url, ctx.stack.queue_prefix, name, jobs,
-                                                 ctx.log_dir)).launch()
-        try:
-            await worker.wait_line("READY")
-            t0 = time.time()
-            await queue.resume()
-            deadline = time.monotonic() + 120
-            while worker.running():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("bare worker did not drain in 120 s")
-                await asyncio.sleep(0.05)
-            result = worker.result()
-        finally:
-            await asyncio.to_thread(ctx.registry.stop, worker)
-        if result["completed"] < jobs or result["last_completed_at"] is None:
-            raise RuntimeError(f"bare worker completed {result['completed']} of {jobs}")
+        result, t0 = await _timed_bare_drain(
+            ctx, queue, BareWorkerProc(ctx.stack.redis_url, ctx.stack.queue_prefix, name, jobs, ctx.log_dir),
+            jobs, "bare worker")
         elapsed = float(result["last_completed_at"]) - t0
         return {"rate": jobs / elapsed, "elapsed_s": elapsed}
     finally:
@@ -128,23 +137,10 @@ async def bare_sql_worker_rate(ctx: Ctx, requests: int) -> dict[str, Any]:
     try:
         await queue.pause()
         ids = await ctx.create_requests(requests)
-        worker = ctx.registry.add(BareWorkerProc(ctx.stack.redis_url, ctx.stack.queue_prefix,
-                                                 ctx.settings.queue_name, len(ids), ctx.log_dir,
-                                                 database_url=ctx.stack.database_url)).launch()
-        try:
-            await worker.wait_line("READY")
-            t0 = time.time()
-            await queue.resume()
-            deadline = time.monotonic() + 120
-            while worker.running():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("bare SQL worker did not drain in 120 s")
-                await asyncio.sleep(0.05)
-            result = worker.result()
-        finally:
-            await asyncio.to_thread(ctx.registry.stop, worker)
-        if result["completed"] < len(ids) or result["last_completed_at"] is None:
-            raise RuntimeError(f"bare SQL worker completed {result['completed']} of {len(ids)}")
+        result, t0 = await _timed_bare_drain(
+            ctx, queue, BareWorkerProc(ctx.stack.redis_url, ctx.stack.queue_prefix, ctx.settings.queue_name,
+                                       len(ids), ctx.log_dir, database_url=ctx.stack.database_url),
+            len(ids), "bare SQL worker")
         async with ctx.db() as conn:
             cur = await conn.execute("SELECT count(*) AS n FROM users")
             users = (await cur.fetchone() or {"n": 0})["n"]
