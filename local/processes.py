@@ -85,6 +85,9 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+_HANDED_OUT: set[int] = set()  # every port find_free_port returned in this process
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that is free right now (never 5432 or 6379).
 
@@ -97,13 +100,17 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     candidates = range(20000, low) if low > 21000 else range(low - 1000 if low > 11000 else 10000, low)
     for _ in range(200):
         port = random.choice(candidates)  # noqa: S311 - a port number, not a secret
-        if port in RESERVED_PORTS:
+        # Never the same number twice in one process: `invoke dev` picks about 35 ports before any server binds
+        # its own, and random picks from ~12,000 repeat in about one run in twenty (seen: two functions given
+        # one port, the second exiting with EADDRINUSE and stopping everything).
+        if port in RESERVED_PORTS or port in _HANDED_OUT:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+        _HANDED_OUT.add(port)
         return port
     raise ServiceError("port allocator", f"could not find a free port on {host}")
 

