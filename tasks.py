@@ -64,8 +64,8 @@ def _print_env() -> None:
 
 
 def _token(role: str, subject: str, ttl: int) -> str:
-    from shared.auth import Role, issue_token
-    from shared.settings import Settings
+    from shared.core.auth import Role, issue_token
+    from shared.core.settings import Settings
 
     env = {"APP_ENV": os.environ.get("APP_ENV", "development"),
            "DATABASE_URL": os.environ.get("DATABASE_URL", "postgresql://unused@127.0.0.1/unused"),
@@ -122,7 +122,7 @@ def lint(c: Context) -> None:
 def migrate(c: Context) -> None:
     """Apply the SQL migrations of infra/migrations to DATABASE_URL (or to the local dev database)."""
     from infra.manifest import MIGRATIONS_DIR
-    from shared.db import apply_migrations
+    from shared.core.db import apply_migrations
 
     url = os.environ.get("DATABASE_URL") or str(_dev_state()["database_url"])
     applied = apply_migrations(url, MIGRATIONS_DIR)
@@ -176,8 +176,8 @@ def cleanup(c: Context) -> None:
     import asyncio
 
     from shared.bootstrap import open_deps
-    from shared.maintenance import run_cleanup
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
+    from shared.operations.maintenance import run_cleanup
 
     async def once() -> dict[str, object]:
         deps = await open_deps(get_settings(), role="invoke-cleanup")
@@ -205,10 +205,10 @@ def account(c: Context, action: str, email: str = "", full_name: str = "", role:
 
     from pydantic import ValidationError
 
-    from shared.accounts import CreateAccountCommand, create_account
+    from shared.accounts.staff import CreateAccountCommand, create_account
     from shared.bootstrap import open_deps
-    from shared.errors import DomainError
-    from shared.settings import Settings
+    from shared.core.errors import DomainError
+    from shared.core.settings import Settings
 
     env = dict(os.environ)
     state = _dev_state(required=not (env.get("DATABASE_URL") and env.get("REDIS_URL")))

@@ -40,10 +40,10 @@ async def _sql_work(database_url: str) -> Any:
     """The consumer's PostgreSQL statements for one job (see the module docstring)."""
     from datetime import timedelta
 
-    from shared import db
-    from shared.consumer import _ATTEMPT_STARTED
-    from shared.outbox import _RECORD_SENT, hash_token
-    from shared.provisioning import provision
+    from shared.core import db
+    from shared.creation.consumer import _ATTEMPT_STARTED
+    from shared.creation.outbox import _RECORD_SENT, hash_token
+    from shared.creation.provisioning import provision
 
     pool = db.make_pool(database_url, min_size=2, max_size=10, timeout_s=5, name="bench-bare-sql")
     await pool.open(wait=True)

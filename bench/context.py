@@ -20,11 +20,11 @@ from psycopg.rows import dict_row
 
 from bench.procs import FunctionServer, Registry
 from infra.manifest import load_manifest
-from shared.auth import Principal, Role, issue_token
 from shared.bootstrap import Deps, open_deps
-from shared.creation import create_user_request
-from shared.models import CreateUserCommand
-from shared.settings import Settings
+from shared.core.auth import Principal, Role, issue_token
+from shared.core.settings import Settings
+from shared.creation.creation import create_user_request
+from shared.creation.models import CreateUserCommand
 from tests.support.stack import Stack
 
 TABLES = ("users, creation_requests, creation_attempts, email_outbox, password_setup_tokens, system_health_logs,"
@@ -140,7 +140,7 @@ class Ctx:
 
     async def create_requests(self, count: int, *, concurrency: int = 8,
                               on_request: Callable[[str], None] | None = None) -> list[str]:
-        """`count` creation requests through `shared.creation.create_user_request`; every answer must be 202."""
+        """`count` creation requests through `create_user_request` (shared.creation); every answer must be 202."""
         deps = await self.deps()
         deps.mode_cache.invalidate()
         principal = Principal(subject="bench-sales", role=Role.SALES_MANAGER)

@@ -1,7 +1,7 @@
 """The cold-start floor: a functions-framework hello world that needs what every function of ours needs.
 
 It imports the libraries our functions cannot start without (psycopg with its pool, redis-py the way
-`shared.redis_import` does, pydantic, PyJWT with cryptography), and its first request opens a PostgreSQL
+`shared.core.redis_import` does, pydantic, PyJWT with cryptography), and its first request opens a PostgreSQL
 connection, runs one query, PINGs Redis and verifies an HS256 token, then answers 200. None of our code: the
 gap between this and bench/hello.py is what those libraries and one round trip to each store cost, which no
 function that reaches the database can avoid. Run as
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from shared.redis_import import aioredis
+from shared.core.redis_import import aioredis
 
 
 class _Answer(BaseModel):

@@ -7,10 +7,10 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint
-from shared.watchdog import run_watchdog
+from shared.operations.watchdog import run_watchdog
 
 
 @functions_framework.aio.http

@@ -5,10 +5,10 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint
-from shared.maintenance import run_drain
+from shared.operations.maintenance import run_drain
 
 
 @functions_framework.aio.http

@@ -6,11 +6,11 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
-from shared.bulk_retry import BulkRetryCommand, dry_run
-from shared.bulk_retry import bulk_retry as retry_many
+from shared.core.auth import Principal, Role
 from shared.http import endpoint, json_object, read_json
+from shared.operations.bulk_retry import BulkRetryCommand, dry_run
+from shared.operations.bulk_retry import bulk_retry as retry_many
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # up to 10,000 ids
 

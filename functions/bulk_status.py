@@ -6,12 +6,12 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
-from shared.bulk import batch_status, own_batches, results_csv
-from shared.errors import NotFound
+from shared.bulk.upload import batch_status, own_batches, results_csv
+from shared.core.auth import Principal, Role
+from shared.core.errors import NotFound
+from shared.creation.own_requests import limit_param
 from shared.http import endpoint
-from shared.own_requests import limit_param
 
 
 @functions_framework.aio.http

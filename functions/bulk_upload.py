@@ -4,10 +4,10 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
-from shared.bulk import accept_upload
-from shared.creation import validate_idempotency_key
+from shared.bulk.upload import accept_upload
+from shared.core.auth import Principal, Role
+from shared.creation.creation import validate_idempotency_key
 from shared.http import endpoint, read_body
 
 

@@ -10,8 +10,9 @@ import signal
 import sys
 
 from shared.bootstrap import open_deps
-from shared.consumer import Consumer
-from shared.settings import get_settings
+from shared.bulk.drain import drain_forever
+from shared.core.settings import get_settings
+from shared.creation.consumer import Consumer
 
 
 async def consumer() -> int:
@@ -19,7 +20,7 @@ async def consumer() -> int:
     settings = get_settings()
     deps = await open_deps(settings, role="consumer")
     try:
-        worker = Consumer(deps, name=settings.instance_name or None)
+        worker = Consumer(deps, name=settings.instance_name or None, drain=drain_forever)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.request_stop)

@@ -4,10 +4,10 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared.accounts import CreateAccountCommand
-from shared.accounts import create_account as create_staff_account
-from shared.auth import Principal, Role
+from shared.accounts.staff import CreateAccountCommand
+from shared.accounts.staff import create_account as create_staff_account
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint, json_object, read_json
 
 

@@ -4,11 +4,11 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
-from shared.creation import create_user_request, validate_idempotency_key
+from shared.core.auth import Principal, Role
+from shared.creation.creation import create_user_request, validate_idempotency_key
+from shared.creation.models import CreateUserCommand
 from shared.http import endpoint, json_object, read_json
-from shared.models import CreateUserCommand
 
 
 @functions_framework.aio.http

@@ -5,10 +5,10 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.admin import current_mode_view
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint
+from shared.operations.admin import current_mode_view
 
 
 @functions_framework.aio.http

@@ -5,9 +5,9 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.accounts import list_accounts as list_staff_accounts
-from shared.auth import Principal, Role
+from shared.accounts.staff import list_accounts as list_staff_accounts
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint
 
 

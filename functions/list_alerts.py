@@ -5,14 +5,14 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.alerts import recent_alerts
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint
+from shared.operations.alerts import recent_alerts
 
 
 @functions_framework.aio.http
 @endpoint(methods=("GET",), roles=(Role.ADMIN, Role.VIEWER))
 async def list_alerts(request: Request, deps: Deps, principal: Principal) -> dict[str, Any]:
-    """See `shared.alerts.recent_alerts`."""
+    """See `shared.operations.alerts.recent_alerts`."""
     return await recent_alerts(deps.pool, deps.settings)

@@ -5,11 +5,11 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.audit import read_audit
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.audit import read_audit
+from shared.core.auth import Principal, Role
+from shared.creation.models import AuditQuery
 from shared.http import endpoint
-from shared.models import AuditQuery
 
 
 @functions_framework.aio.http

@@ -5,11 +5,11 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
-from shared.errors import InvalidInput
+from shared.core.auth import Principal, Role
+from shared.core.errors import InvalidInput
 from shared.http import endpoint
-from shared.request_search import SEARCH_PARAMS, parse_filter, search_requests
+from shared.operations.request_search import SEARCH_PARAMS, parse_filter, search_requests
 
 
 @functions_framework.aio.http

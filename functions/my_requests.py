@@ -5,10 +5,10 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
+from shared.creation.own_requests import limit_param, own_requests
 from shared.http import endpoint
-from shared.own_requests import limit_param, own_requests
 
 
 @functions_framework.aio.http

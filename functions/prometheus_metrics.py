@@ -5,14 +5,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint
-from shared.prometheus_export import exposition
+from shared.operations.prometheus_export import exposition
 
 
 @functions_framework.aio.http
 @endpoint(methods=("GET",), roles=(Role.ADMIN, Role.VIEWER))
 async def prometheus_metrics(request: Request, deps: Deps, principal: Principal) -> Response:
-    """See `shared.prometheus_export`."""
+    """See `shared.operations.prometheus_export`."""
     return Response(await exposition(deps), media_type=CONTENT_TYPE_LATEST)

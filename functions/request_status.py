@@ -5,9 +5,9 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
-from shared.creation import request_status as load_request_status
+from shared.core.auth import Principal, Role
+from shared.creation.creation import request_status as load_request_status
 from shared.http import endpoint
 
 

@@ -5,10 +5,10 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint
-from shared.request_story import request_story as load_story
+from shared.operations.request_story import request_story as load_story
 
 
 @functions_framework.aio.http

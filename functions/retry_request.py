@@ -6,10 +6,10 @@ import functions_framework.aio
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
 from shared.http import endpoint, json_object, read_json
-from shared.requests_admin import retry_request as retry_failed_request
+from shared.operations.requests_admin import retry_request as retry_failed_request
 
 
 class RetryCommand(BaseModel):

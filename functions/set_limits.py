@@ -5,11 +5,11 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
+from shared.creation.limits import SetLimitsCommand
+from shared.creation.limits import set_limits as store_limits
 from shared.http import endpoint, json_object, read_json
-from shared.limits import SetLimitsCommand
-from shared.limits import set_limits as store_limits
 
 
 @functions_framework.aio.http

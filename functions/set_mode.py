@@ -5,12 +5,12 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.admin import current_mode_view
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
+from shared.core.auth import Principal, Role
+from shared.creation.models import SetModeCommand
+from shared.creation.traffic import set_mode as set_traffic_mode
 from shared.http import endpoint, json_object, read_json
-from shared.models import SetModeCommand
-from shared.traffic import set_mode as set_traffic_mode
+from shared.operations.admin import current_mode_view
 
 
 @functions_framework.aio.http

@@ -4,11 +4,11 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.auth import Principal
+from shared.accounts.password_setup import SetPasswordCommand
+from shared.accounts.password_setup import set_password as set_account_password
 from shared.bootstrap import Deps
+from shared.core.auth import Principal
 from shared.http import endpoint, json_object, read_json
-from shared.password_setup import SetPasswordCommand
-from shared.password_setup import set_password as set_account_password
 
 
 @functions_framework.aio.http

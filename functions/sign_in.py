@@ -5,11 +5,11 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal
+from shared.accounts.signin import SignInCommand, client_address
+from shared.accounts.signin import sign_in as sign_in_account
 from shared.bootstrap import Deps
+from shared.core.auth import Principal
 from shared.http import endpoint, json_object, read_json
-from shared.signin import SignInCommand, client_address
-from shared.signin import sign_in as sign_in_account
 
 
 @functions_framework.aio.http

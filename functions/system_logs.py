@@ -5,11 +5,10 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 
-from shared.auth import Principal, Role
 from shared.bootstrap import Deps
-from shared.health import list_events
+from shared.core.auth import Principal, Role
+from shared.core.health import LogQuery, list_events
 from shared.http import endpoint
-from shared.models import LogQuery
 
 
 @functions_framework.aio.http

@@ -26,7 +26,7 @@ from local.redis_server import RedisServer
 from local.scheduler import SchedulerTick
 from local.ses_emulator import SesEmulator
 from local.supervisor import Child, Supervisor
-from shared.db import apply_migrations
+from shared.core.db import apply_migrations
 
 
 def default_state_dir() -> Path:
@@ -215,8 +215,8 @@ def _start_consumer(sup: Supervisor, env: dict[str, str]) -> None:
 
 def _admin_token(env: dict[str, str], *, ttl_s: int, subject: str = "dev-admin") -> str:
     """An admin token signed with the system's secret (the dev placeholder unless AUTH_JWT_SECRET is set)."""
-    from shared.auth import Role, issue_token
-    from shared.settings import Settings
+    from shared.core.auth import Role, issue_token
+    from shared.core.settings import Settings
 
     settings = Settings(**{k: v for k, v in env.items() if k in ("APP_ENV", "DATABASE_URL", "REDIS_URL",
                                                                  "AUTH_JWT_SECRET")})

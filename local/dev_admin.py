@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from shared import db
-from shared.accounts import CreateAccountCommand, create_account
+from shared.accounts.passwords import hash_password
+from shared.accounts.staff import CreateAccountCommand, create_account
 from shared.bootstrap import open_deps
-from shared.errors import UserExists
-from shared.identity import normalize_email
-from shared.passwords import hash_password
-from shared.settings import Settings
+from shared.core import db
+from shared.core.errors import UserExists
+from shared.core.identity import normalize_email
+from shared.core.settings import Settings
 
 DEV_ADMIN_EMAIL = "dev-admin@example.com"
 

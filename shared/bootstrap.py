@@ -19,16 +19,16 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from shared import db
-from shared.breaker import CircuitBreaker
-from shared.email_rate import EmailRate
-from shared.health import Level, record_detached
-from shared.mailer import Mailer
-from shared.queueing import JobQueue, request_path_client
-from shared.quota import CreationQuota
-from shared.settings import Settings, get_settings
-from shared.traffic import ModeCache
-from shared.transitions import Transitions
+from shared.core import db
+from shared.core.breaker import CircuitBreaker
+from shared.core.health import Level, record_detached
+from shared.core.settings import Settings, get_settings
+from shared.core.transitions import Transitions
+from shared.creation.email_rate import EmailRate
+from shared.creation.mailer import Mailer
+from shared.creation.queueing import JobQueue, request_path_client
+from shared.creation.quota import CreationQuota
+from shared.creation.traffic import ModeCache
 
 log = logging.getLogger(__name__)
 

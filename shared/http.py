@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared import tracing
-from shared.auth import Principal, Role, authenticate, require_role
 from shared.bootstrap import Deps, get_deps
-from shared.errors import DomainError, InvalidInput, MethodNotAllowed, MisconfiguredInstance, PayloadTooLarge
-from shared.models import validation_details
+from shared.core import tracing
+from shared.core.auth import Principal, Role, authenticate, require_role
+from shared.core.errors import DomainError, InvalidInput, MethodNotAllowed, MisconfiguredInstance, PayloadTooLarge
+from shared.creation.models import validation_details
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[
                     require_role(principal, *roles)
                 else:
                     principal = ANONYMOUS
-                # The server span continues an incoming W3C traceparent (shared/tracing.py).
+                # The server span continues an incoming W3C traceparent (shared/core/tracing.py).
                 with tracing.setup(deps.settings, handler.__name__).span(
                         f"{request.method} {handler.__name__}", parent=tracing.extract(request.headers),
                         kind="SERVER", attributes={"http.request.method": request.method}):

@@ -17,11 +17,11 @@ from functions_framework.aio import create_asgi_app
 
 from infra.manifest import load_manifest
 from shared import bootstrap
-from shared.auth import Role, issue_token
 from shared.bootstrap import Deps, open_deps
-from shared.mailer import Mailer
-from shared.settings import Settings
-from shared.traffic import ModeCache
+from shared.core.auth import Role, issue_token
+from shared.core.settings import Settings
+from shared.creation.mailer import Mailer
+from shared.creation.traffic import ModeCache
 from tests.support.processes import ConsumerProcess
 from tests.support.proxy import FaultProxy
 from tests.support.stack import TEST_JWT_SECRET, TEST_LIMITS, Stack, running_stack

@@ -12,8 +12,8 @@ import httpx
 
 from bench.context import Ctx, load_average
 from bench.report import all_met, at_most, case_result, fmt, percentile, ratio
-from shared.identity import normalize_email
-from shared.passwords import hasher
+from shared.accounts.passwords import hasher
+from shared.core.identity import normalize_email
 
 PASSWORD = "bench-violet-harbour-trombone"  # noqa: S105  # the benchmark account's, made by the run
 ARGON2_BUDGET_MS = 250.0

@@ -13,7 +13,7 @@ import httpx
 from bench.cases.consumer import _attempt_times, _start_consumers, _stop_all
 from bench.context import Ctx, auth, load_average
 from bench.report import all_met, at_least, at_most, case_result, fmt, max_in_window, ratio, steady_rate
-from shared.queueing import JOB_NAME, job_options
+from shared.creation.queueing import JOB_NAME, job_options
 
 # The drain runs under a raised limit so 5,000 rows take under a minute: 100 starts per 1000 ms, a rate two
 # consumers sustain on a 2-core machine (their unlimited drain is about 180 users/s in consumer_2_processes).

@@ -12,7 +12,7 @@ import psycopg
 from bench.context import Ctx, load_average
 from bench.procs import BareWorkerProc, ConsumerProc, tree_cpu_s, tree_rss_hwm_mb
 from bench.report import all_met, at_least, at_most, case_result, fmt, max_in_window, percentile, ratio, steady_rate
-from shared.queueing import JOB_NAME, job_options
+from shared.creation.queueing import JOB_NAME, job_options
 
 
 async def _stop_all(ctx: Ctx, procs: list[Any]) -> None:

@@ -13,7 +13,7 @@ from bench.context import Ctx, auth, load_average
 from bench.loadgen import Load, run_load
 from bench.procs import FunctionServer, tree_cpu_s, tree_rss_hwm_mb
 from bench.report import all_met, at_least, at_most, case_result, fmt, hist_percentile, percentile, ratio
-from shared.provisioning import provision
+from shared.creation.provisioning import provision
 from tests.support.proxy import FaultProxy
 
 

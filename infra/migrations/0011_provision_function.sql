@@ -6,7 +6,7 @@
 --     ERROR `creation_failed` event;
 --   * created: the user (its id chosen by the caller), the welcome-email outbox row, the request -> created, the
 --     INFO `user_created` event, and for a staff role the `account_created` audit row, all in this transaction.
--- The events' texts and metadata come from the caller (`shared.health.prepared`: scrubbed, with the trace id);
+-- The events' texts and metadata come from the caller (`shared.core.health.prepared`: scrubbed, with the trace id);
 -- the function adds the request's own facts (mode, fallback); the ERROR event's metadata is the INFO one's
 -- without the user id and with the error code. `p_email_lease` creates the outbox row already
 -- claimed by the caller for that long (it sends the email right after; the periodic pass leaves the row alone

@@ -91,7 +91,7 @@ class DeployConfig:
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # SES is an AWS service: its credentials are secrets too
         "ALERT_WEBHOOK_URL",  # a chat webhook URL carries its own credential
     )
-    extra_env: dict[str, str] = field(default_factory=dict)  # more non-secret settings (shared/settings.py)
+    extra_env: dict[str, str] = field(default_factory=dict)  # more non-secret settings (shared/core/settings.py)
 
     @property
     def prefix(self) -> str:

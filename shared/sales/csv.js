@@ -1,5 +1,5 @@
-/* The sales desk's preview of a CSV upload: the same file rules as the server (shared/bulk_parse.py) and the
- * field rules of POST /api/users (shared/models.py), applied in the browser before anything is sent.
+/* The sales desk's preview of a CSV upload: the same file rules as the server (shared/bulk/parse.py) and the
+ * field rules of POST /api/users (shared/creation/models.py), applied in the browser before anything is sent.
  *
  * It is a preview: the server validates again and its answer is what counts (its email check is stricter than
  * the pattern here). window.SalesCsv.check(arrayBuffer) ->

@@ -31,8 +31,8 @@ import pytest
 
 from local.processes import find_free_port
 from local.redis_server import RedisServer
-from shared.auth import Role, issue_token
-from shared.settings import Settings
+from shared.core.auth import Role, issue_token
+from shared.core.settings import Settings
 from tests.conftest import TABLES
 from tests.support.stack import TEST_JWT_SECRET, Stack
 

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from local.processes import find_free_port
-from shared.auth import Role, issue_token
-from shared.settings import Settings
+from shared.core.auth import Role, issue_token
+from shared.core.settings import Settings
 from tests.support.stack import TEST_JWT_SECRET, Stack
 
 pytestmark = pytest.mark.slow

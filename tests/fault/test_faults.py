@@ -15,14 +15,14 @@ import redis
 from infra.manifest import MIGRATIONS_DIR
 from local.postgres_server import PostgresServer
 from local.redis_server import RedisServer
-from shared.auth import Principal, Role
-from shared.creation import create_user_request
-from shared.db import apply_migrations
-from shared.errors import DatabaseUnavailable
-from shared.mailer import Mailer
-from shared.models import CreateUserCommand, SetModeCommand, TrafficMode
-from shared.outbox import MAX_EMAIL_ATTEMPTS, deliver_pending
-from shared.traffic import set_mode
+from shared.core.auth import Principal, Role
+from shared.core.db import apply_migrations
+from shared.core.errors import DatabaseUnavailable
+from shared.creation.creation import create_user_request
+from shared.creation.mailer import Mailer
+from shared.creation.models import CreateUserCommand, SetModeCommand, TrafficMode
+from shared.creation.outbox import MAX_EMAIL_ATTEMPTS, deliver_pending
+from shared.creation.traffic import set_mode
 from tests.conftest import make_settings, wait_until
 from tests.integration.test_consumer import FAST_RECOVERY, all_done, start_consumer, statuses
 from tests.support.pii import find_secrets

@@ -13,8 +13,8 @@ import pytest
 import redis
 from argon2 import PasswordHasher
 
-from shared.mailer import Mailer
-from shared.passwords import hasher
+from shared.accounts.passwords import hasher
+from shared.creation.mailer import Mailer
 from tests.conftest import auth, make_settings, use_deps
 from tests.functions.test_create_user import set_mode
 from tests.support.stack import TEST_JWT_SECRET

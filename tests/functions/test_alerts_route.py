@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis
 
-from shared.alerts import masked_target
-from shared.auth import Role, issue_token
+from shared.core.auth import Role, issue_token
+from shared.operations.alerts import masked_target
 from tests.conftest import auth, make_settings
 from tests.integration.test_consumer import start_consumer
 
@@ -89,7 +89,8 @@ async def test_each_condition_fires_once_and_resolves_when_it_ends(call, deps, d
 async def test_an_instance_with_invalid_settings_answers_503_and_names_the_variable_in_its_log(
         call, deps, tokens, stack, monkeypatch, caplog):
     # A bad ALERT_WEBHOOK_URL is the deploy's mistake, not the caller's: 503 `misconfigured`, never a 422.
-    from shared import bootstrap, settings
+    from shared import bootstrap
+    from shared.core import settings
 
     for key, value in stack.env().items():
         monkeypatch.setenv(key, value)

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from shared import auth as auth_module
-from shared.auth import VERIFIED, Role, VerifiedTokens, authenticate, issue_token
-from shared.errors import Unauthorized
+from shared.core import auth as auth_module
+from shared.core.auth import VERIFIED, Role, VerifiedTokens, authenticate, issue_token
+from shared.core.errors import Unauthorized
 from shared.panel_assets import PANEL_DIR, assets
 from tests.conftest import auth
 

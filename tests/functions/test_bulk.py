@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.auth import Role, issue_token
+from shared.core.auth import Role, issue_token
 from tests.conftest import auth, use_deps
 from tests.support.pii import find_secrets
 

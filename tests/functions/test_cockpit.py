@@ -11,7 +11,7 @@ import pytest
 
 from infra.manifest import load_manifest
 from local.scheduler import cron_matches
-from shared.outbox import deliver_pending
+from shared.creation.outbox import deliver_pending
 from tests.conftest import auth
 from tests.functions.test_create_user import BODY
 

@@ -7,7 +7,7 @@ import asyncio
 import math
 import time
 
-from shared.outbox import deliver_pending
+from shared.creation.outbox import deliver_pending
 from tests.conftest import auth, use_deps, wait_until
 from tests.functions.test_create_user import set_mode
 

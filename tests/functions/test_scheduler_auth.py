@@ -79,7 +79,7 @@ async def test_the_scheduler_may_not_use_admin_routes(call, scheduled):
 
 
 async def test_a_user_token_cannot_claim_the_scheduler_role(call, settings, deps):
-    from shared.auth import Role, issue_token
+    from shared.core.auth import Role, issue_token
 
     forged = issue_token(settings, role=Role.ADMIN, subject="u", extra={"app_metadata": {"role": "scheduler"}})
     r = await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=auth(forged))

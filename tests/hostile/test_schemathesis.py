@@ -9,9 +9,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from shared.auth import Role, issue_token
+from shared.core.auth import Role, issue_token
+from shared.core.settings import Settings
 from shared.openapi import SPEC_PATH
-from shared.settings import Settings
 from tests.e2e.test_dev_system import invoke_dev
 from tests.support.stack import TEST_JWT_SECRET
 

@@ -22,9 +22,9 @@ from local.postgres_server import PostgresServer
 from local.processes import find_free_port
 from local.redis_server import RedisServer
 from local.scheduler import fire
-from shared.auth import Role, issue_token
-from shared.db import apply_migrations
-from shared.settings import Settings
+from shared.core.auth import Role, issue_token
+from shared.core.db import apply_migrations
+from shared.core.settings import Settings
 from tests.conftest import make_settings, wait_until
 from tests.support.functions import ROOT, FunctionProcess
 from tests.support.pii import EMAIL

@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from local.redis_server import RedisServer
-from shared.auth import Principal, Role
-from shared.bulk import accept_upload
+from shared.bulk.upload import accept_upload
+from shared.core.auth import Principal, Role
 from tests.conftest import wait_until
 from tests.integration.test_consumer import FAST_RECOVERY, start_consumer
 

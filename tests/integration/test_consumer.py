@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from local.redis_server import RedisServer
-from shared.auth import Principal, Role
-from shared.creation import create_user_request
-from shared.models import CreateUserCommand
+from shared.core.auth import Principal, Role
+from shared.creation.creation import create_user_request
+from shared.creation.models import CreateUserCommand
 from tests.conftest import wait_until
 from tests.support.processes import ConsumerProcess
 

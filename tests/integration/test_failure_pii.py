@@ -8,9 +8,9 @@ import psycopg
 import pytest
 import redis
 
-from shared.auth import Principal, Role
-from shared.creation import create_user_request
-from shared.models import CreateUserCommand
+from shared.core.auth import Principal, Role
+from shared.creation.creation import create_user_request
+from shared.creation.models import CreateUserCommand
 from tests.integration.test_consumer import all_done, start_consumer
 from tests.support.pii import find_secrets
 

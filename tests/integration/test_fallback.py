@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from local.redis_server import RedisServer
-from shared.auth import Principal, Role
-from shared.creation import create_user_request
-from shared.models import CreateUserCommand
+from shared.core.auth import Principal, Role
+from shared.creation.creation import create_user_request
+from shared.creation.models import CreateUserCommand
 from tests.conftest import wait_until
 
 SALES = Principal("sales-1", Role.SALES_MANAGER)
@@ -100,7 +100,7 @@ async def test_blackholed_or_refused_redis_falls_back_within_1s(deps, deps_facto
 
 
 async def test_metrics_answer_within_1s_with_redis_hanging(deps, deps_factory, proxy):
-    from shared.admin import system_metrics
+    from shared.operations.admin import system_metrics
 
     instance = await deps_factory(REDIS_URL=proxy.url)
     proxy.set_mode("blackhole")

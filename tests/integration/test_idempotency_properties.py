@@ -8,12 +8,12 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.auth import Principal, Role
 from shared.bootstrap import open_deps
-from shared.creation import create_user_request
-from shared.errors import DomainError
-from shared.mailer import Mailer
-from shared.models import CreateUserCommand
+from shared.core.auth import Principal, Role
+from shared.core.errors import DomainError
+from shared.creation.creation import create_user_request
+from shared.creation.mailer import Mailer
+from shared.creation.models import CreateUserCommand
 from tests.conftest import _wipe, make_settings
 
 CALLER = Principal("prop-caller", Role.SALES_MANAGER)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.auth import Principal, Role, issue_token
-from shared.creation import create_user_request
-from shared.models import CreateUserCommand
-from shared.prometheus_export import JOB_DURATION_BOUNDS, QUEUE_WAIT_BOUNDS
+from shared.core.auth import Principal, Role, issue_token
+from shared.creation.creation import create_user_request
+from shared.creation.models import CreateUserCommand
+from shared.operations.prometheus_export import JOB_DURATION_BOUNDS, QUEUE_WAIT_BOUNDS
 from tests.conftest import auth, use_deps
 from tests.integration.test_consumer import all_done, start_consumer, submit, trap  # noqa: F401
 from tests.support.pii import EMAIL

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shared.limits import SetLimitsCommand, set_limits
+from shared.creation.limits import SetLimitsCommand, set_limits
 from tests.conftest import wait_until
 from tests.integration.test_consumer import (  # noqa: F401  (fixtures)
     all_done,

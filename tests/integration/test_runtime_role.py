@@ -14,7 +14,7 @@ from psycopg import sql
 
 from infra.manifest import MIGRATIONS_DIR
 from infra.render import DeployConfig
-from shared.db import apply_migrations
+from shared.core.db import apply_migrations
 from tests.conftest import DepsFactory, auth, function_app, use_deps
 from tests.support.stack import Stack
 

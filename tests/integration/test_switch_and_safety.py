@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from shared.auth import Principal, Role
-from shared.creation import create_user_request
-from shared.errors import DatabaseUnavailable
-from shared.models import CreateUserCommand, SetModeCommand, TrafficMode
-from shared.provisioning import provision
-from shared.traffic import set_mode
+from shared.core.auth import Principal, Role
+from shared.core.errors import DatabaseUnavailable
+from shared.creation.creation import create_user_request
+from shared.creation.models import CreateUserCommand, SetModeCommand, TrafficMode
+from shared.creation.provisioning import provision
+from shared.creation.traffic import set_mode
 from tests.conftest import auth, use_deps, wait_until
 from tests.functions.test_create_user import BODY
 from tests.support.pii import find_secrets
@@ -88,7 +88,7 @@ async def test_last_known_mode_stays_when_postgres_is_unreachable(deps):
     state = await cache.current()
     cache._read_at = 0.0  # expire it
     real_pool = cache._pool
-    from shared.db import make_pool
+    from shared.core.db import make_pool
 
     dead = make_pool("postgresql://postgres@127.0.0.1:9/none", min_size=0, max_size=1, timeout_s=0.3,
                      name="dead")

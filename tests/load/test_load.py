@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.auth import Role, issue_token
-from shared.models import SetModeCommand, TrafficMode
-from shared.traffic import set_mode
+from shared.core.auth import Role, issue_token
+from shared.creation.models import SetModeCommand, TrafficMode
+from shared.creation.traffic import set_mode
 from tests.conftest import wait_until
 from tests.integration.test_consumer import all_done
 from tests.support.functions import FunctionProcess

@@ -27,8 +27,8 @@ import psycopg
 import pytest
 
 from local.processes import find_free_port
-from shared.auth import Role, issue_token
-from shared.settings import Settings
+from shared.core.auth import Role, issue_token
+from shared.core.settings import Settings
 from tests.support.jwks import local_jwks
 
 pytestmark = pytest.mark.slow

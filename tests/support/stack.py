@@ -20,7 +20,7 @@ from infra.manifest import MIGRATIONS_DIR
 from local.postgres_server import PostgresServer
 from local.redis_server import RedisServer
 from local.ses_emulator import SesEmulator
-from shared.db import apply_migrations
+from shared.core.db import apply_migrations
 
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
 # Many tests create hundreds of users from one caller within seconds: the per-caller quota and the email rate

@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.auth import Role, authenticate, issue_token
-from shared.creation import new_request_id
-from shared.errors import Forbidden, Unauthorized
-from shared.identity import normalize_email
-from shared.models import CreateUserCommand
-from shared.settings import DEV_JWT_SECRET, Settings
+from shared.core.auth import Role, authenticate, issue_token
+from shared.core.errors import Forbidden, Unauthorized
+from shared.core.identity import normalize_email
+from shared.core.settings import DEV_JWT_SECRET, Settings
+from shared.creation.creation import new_request_id
+from shared.creation.models import CreateUserCommand
 
 URLS = {"DATABASE_URL": "postgresql://u@127.0.0.1:1/db", "REDIS_URL": "redis://127.0.0.1:2/0"}
 
@@ -106,7 +106,7 @@ def test_the_cached_domain_check_answers_exactly_like_the_library():
 
     from email_validator import EmailNotValidError, validate_email
 
-    from shared.email_syntax import enable_domain_cache
+    from shared.creation.email_syntax import enable_domain_cache
 
     samples = ["Ann@Example.COM", "bob@bücher.example", "c@xn--bcher-kva.example", "d@localhost", "e@example",
                "f@exa_mple.com", "g@-example.com", "h@example.test", "i@sub.Example.com"]

@@ -22,7 +22,7 @@ from infra.render import (
     module_of,
     render_terraform,
 )
-from shared.settings import Settings
+from shared.core.settings import Settings
 
 SECRETS = ("DATABASE_URL", "REDIS_URL", "AUTH_JWT_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
            "MIGRATE_DATABASE_URL")

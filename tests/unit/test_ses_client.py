@@ -8,7 +8,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from shared.ses_client import SesClient
+from shared.creation.ses_client import SesClient
 
 
 def _split(raw: bytes) -> tuple[dict[str, str], bytes]:

@@ -8,7 +8,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from pydantic import ValidationError
 
-from shared.settings import DEV_SET_PASSWORD_URL, Settings
+from shared.core.settings import DEV_SET_PASSWORD_URL, Settings
 
 REAL_SECRET = secrets.token_urlsafe(48)
 PRODUCTION = {"APP_ENV": "production", "REDIS_URL": "redis://127.0.0.1:6390/0", "AUTH_JWT_SECRET": REAL_SECRET,
@@ -86,8 +86,8 @@ def test_production_without_a_jwt_secret_starts_and_accepts_no_bearer_token(monk
     # start, and an instance without a secret must never verify a token (an empty HMAC key signs anything).
     import jwt as pyjwt
 
-    from shared.auth import Role, authenticate, issue_token
-    from shared.errors import Unauthorized
+    from shared.core.auth import Role, authenticate, issue_token
+    from shared.core.errors import Unauthorized
 
     monkeypatch.delenv("AUTH_JWT_SECRET", raising=False)
     bare = {key: value for key, value in PRODUCTION.items() if key != "AUTH_JWT_SECRET"}

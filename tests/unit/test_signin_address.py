@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.signin import client_address
+from shared.accounts.signin import client_address
 
 
 @pytest.mark.parametrize(("headers", "peer", "hops", "expected"), [
