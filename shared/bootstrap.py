@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from shared.core import db
 from shared.core.breaker import CircuitBreaker
 from shared.core.health import Level, record_detached
+from shared.core.sessions import SessionRules
 from shared.core.settings import Settings, get_settings
 from shared.core.transitions import Transitions
 from shared.creation.email_rate import EmailRate
@@ -42,6 +43,7 @@ class Deps:
     queue: JobQueue
     breaker: CircuitBreaker
     mode_cache: ModeCache
+    sessions: SessionRules
     mailer: Mailer
     source: str
 
@@ -68,6 +70,7 @@ class Deps:
         """Close what this process opened."""
         await self.breaker.close()
         await self.mode_cache.aclose()
+        await self.sessions.aclose()
         await self.queue.close()
         await self.pool.close()
 
@@ -137,6 +140,7 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
                                "email_rate_clear", "welcome emails flow at the sending rate again"))
     return Deps(settings=settings, pool=pool, queue=queue, breaker=breaker,
                 mode_cache=ModeCache(pool, settings.mode_cache_ttl_s),
+                sessions=SessionRules(pool, settings.session_cache_ttl_s),
                 mailer=mailer, source=source,
                 consumers=ConsumerWatch(queue, settings.consumer_check_ttl_s, on_consumers), quota=quota)
 

@@ -109,6 +109,7 @@ def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[
                 deps = await _configured_deps()
                 if roles:
                     principal = authenticate(request.headers.get("authorization"), deps.settings)
+                    await deps.sessions.check(principal)  # an ended session: 401 (no round trip, see sessions)
                     require_role(principal, *roles)
                 else:
                     principal = ANONYMOUS

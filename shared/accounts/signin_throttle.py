@@ -1,10 +1,19 @@
-"""Sign-in throttle: at most 5 attempts per account and 20 per client address in 15 minutes, across instances.
+"""Sign-in throttle that stops the attacker, not the owner: counters per (account, client), per client and per
+account in a window of `SIGN_IN_WINDOW_S` (15 min), shared by every instance through Redis.
 
-Counters live in Redis (one key per account and per address, a fixed window that starts at the first counted
-attempt and lasts `SIGN_IN_WINDOW_S`). An attempt is counted *before* the password is checked, so parallel
-guesses cannot slip past the limit; a successful sign-in then removes the account's counter and gives back its
-address's count. Keys are HMAC-SHA256 digests (keyed with the JWT secret) of the normalised address and of the
-client address: neither an email address nor an IP address is ever in Redis.
+- per (account, client): more than `SIGN_IN_MAX_PER_ACCOUNT_CLIENT` (5) attempts -> that client gets 429 for
+  that account; the owner signing in from another client is not affected;
+- per client: more than `SIGN_IN_MAX_PER_ADDRESS` (20) attempts, whatever the accounts -> 429 for that client;
+- per account: never refused. Reaching `SIGN_IN_ACCOUNT_ALERT_AT` (100) attempts, and every further 100, is an
+  attack signal: a WARNING `sign_in_attack` health event, which the watchdog turns into the `sign_in_attack`
+  alert (a person decides: disable the account, block addresses at the front). Locking the account instead
+  would let anyone lock a known admin out.
+
+The client is the X-Forwarded-For entry our own proxy wrote (`client_address`, TRUSTED_PROXY_HOPS). An attempt
+is counted *before* the password is checked (one Lua script, one round trip, all three counters), so parallel
+guesses cannot slip past a limit; a successful sign-in then removes its (account, client) counter and gives
+back its count to the client and the account. Keys are HMAC-SHA256 digests (keyed with the JWT secret): no email
+or IP address is ever in Redis.
 
 When Redis cannot be reached the throttle fails **open**: sign-in keeps working (the on-call admin must reach
 the System Health panel precisely when Redis is down) and a WARNING `sign_in_throttle_unavailable` event says
@@ -25,31 +34,40 @@ from shared.core.health import Level, record_detached
 
 log = logging.getLogger(__name__)
 
+# For each key: INCR, and start its window on the first attempt (or when a key lost its expiry).
 _COUNT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
-return {n, ttl}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  local ttl = redis.call('PTTL', key)
+  if n == 1 or ttl < 0 then redis.call('PEXPIRE', key, ARGV[1]); ttl = tonumber(ARGV[1]) end
+  out[#out + 1] = n
+  out[#out + 1] = ttl
+end
+return out
 """
 
 _GIVE_BACK = """
 redis.call('DEL', KEYS[1])
-local n = tonumber(redis.call('GET', KEYS[2]) or '0')
-if n > 0 then redis.call('DECR', KEYS[2]) end
+for i = 2, #KEYS do
+  local n = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if n > 0 then redis.call('DECR', KEYS[i]) end
+end
 return 1
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One counted sign-in attempt: its keys, and how long to wait when refused (0: allowed)."""
+    """One counted sign-in attempt: its keys, how long to wait when refused (0: allowed), and the account's count
+    (an attack signal at the ceiling and every multiple of it)."""
 
-    account_key: str
-    address_key: str
+    keys: tuple[str, str, str]  # (account, client), client, account
     retry_after_s: int = 0
-    scope: str = ""  # which limit refused it: account or address
+    scope: str = ""  # which limit refused it: account_client or client
     first_refusal: bool = False  # the attempt that crossed the limit (one event per lock-out)
+    account_attempts: int = 0
+    attack: bool = False  # the account's count reached the ceiling (or a further multiple of it) just now
     counted: bool = True
 
 
@@ -63,40 +81,43 @@ def _digest(deps: Deps, kind: str, value: str) -> str:
 
 
 async def count_attempt(deps: Deps, email_normalized: str, client_address: str) -> Attempt:
-    """Count one attempt against both limits; `retry_after_s > 0` means refuse it (429)."""
+    """Count one attempt against every counter; `retry_after_s > 0` means refuse it (429)."""
     settings = deps.settings
-    account_key = _digest(deps, "account", email_normalized)
-    address_key = _digest(deps, "address", client_address or "unknown")
-    window_ms = settings.sign_in_window_s * 1000
+    client = client_address or "unknown"
+    keys = (_digest(deps, "account-client", f"{email_normalized}\n{client}"), _digest(deps, "client", client),
+            _digest(deps, "account", email_normalized))
     try:
         if deps.breaker.is_open:
             raise ConnectionError("the Redis breaker is open")
         script = deps.queue.client.register_script(_COUNT)
-        account = await script(keys=[account_key], args=[window_ms])
-        address = await script(keys=[address_key], args=[window_ms])
+        counts = [int(v) for v in await script(keys=list(keys), args=[settings.sign_in_window_s * 1000])]
     except Exception as exc:
         await _mark(deps, available=False, error=type(exc).__name__)
-        return Attempt(account_key, address_key, counted=False)
+        return Attempt(keys, counted=False)
     await _mark(deps, available=True)
+    (pair, pair_ttl), (by_client, client_ttl), (account, _) = zip(counts[::2], counts[1::2], strict=True)
+    ceiling = settings.sign_in_account_alert_at
+    attack = account >= ceiling and (account - ceiling) % ceiling == 0
     refusals: list[tuple[str, int, int, int]] = []
-    if int(account[0]) > settings.sign_in_max_per_account:
-        refusals.append(("account", int(account[1]), int(account[0]), settings.sign_in_max_per_account))
-    if int(address[0]) > settings.sign_in_max_per_address:
-        refusals.append(("address", int(address[1]), int(address[0]), settings.sign_in_max_per_address))
+    if pair > settings.sign_in_max_per_account_client:
+        refusals.append(("account_client", pair_ttl, pair, settings.sign_in_max_per_account_client))
+    if by_client > settings.sign_in_max_per_address:
+        refusals.append(("client", client_ttl, by_client, settings.sign_in_max_per_address))
     if not refusals:
-        return Attempt(account_key, address_key)
+        return Attempt(keys, account_attempts=account, attack=attack)
     scope, ttl_ms, count, limit = max(refusals, key=lambda r: r[1])
-    return Attempt(account_key, address_key, retry_after_s=max(1, -(-ttl_ms // 1000)), scope=scope,
-                   first_refusal=count == limit + 1)
+    return Attempt(keys, retry_after_s=max(1, -(-ttl_ms // 1000)), scope=scope, first_refusal=count == limit + 1,
+                   account_attempts=account, attack=attack)
 
 
 async def forgive(deps: Deps, attempt: Attempt) -> None:
-    """After a successful sign-in: the account's counter goes, the address's count is given back."""
+    """After a successful sign-in: the (account, client) counter goes; the client and the account get this
+    attempt back (an attacker's failures on the account stay counted)."""
     if not attempt.counted:
         return
     try:
         script = deps.queue.client.register_script(_GIVE_BACK)
-        await script(keys=[attempt.account_key, attempt.address_key], args=[])
+        await script(keys=list(attempt.keys), args=[])
     except Exception as exc:
         # The counter then expires by itself with its window; the next attempt reports the outage if it lasts.
         log.warning("sign-in throttle: could not reset a counter (%s)", type(exc).__name__)

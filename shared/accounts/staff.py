@@ -60,10 +60,10 @@ ins AS (
 SELECT (SELECT user_exists FROM taken) AS user_exists, (SELECT id FROM ins) AS inserted
 """
 
-_ACCOUNT_BY_ID = ("SELECT id, email, full_name, role, created_at, password_set_at, last_sign_in_at FROM users"
-                  " WHERE id = %s")
-_STAFF_ACCOUNTS = ("SELECT id, email, full_name, role, created_at, password_set_at, last_sign_in_at FROM users"
-                   " WHERE role <> 'member' ORDER BY created_at DESC, id LIMIT %s")
+_ACCOUNT_BY_ID = ("SELECT id, email, full_name, role, created_at, password_set_at, last_sign_in_at, disabled_at"
+                  " FROM users WHERE id = %s")
+_STAFF_ACCOUNTS = ("SELECT id, email, full_name, role, created_at, password_set_at, last_sign_in_at, disabled_at"
+                   " FROM users WHERE role <> 'member' ORDER BY created_at DESC, id LIMIT %s")
 
 
 def account_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +73,8 @@ def account_view(row: dict[str, Any]) -> dict[str, Any]:
 
     return {"id": str(row["id"]), "email": row["email"], "full_name": row["full_name"], "role": row["role"],
             "created_at": iso(row["created_at"]), "password_set_at": iso(row["password_set_at"]),
-            "last_sign_in_at": iso(row["last_sign_in_at"])}
+            "last_sign_in_at": iso(row["last_sign_in_at"]), "disabled": row["disabled_at"] is not None,
+            "disabled_at": iso(row["disabled_at"])}
 
 
 async def create_account(deps: Deps, command: CreateAccountCommand, *, actor: str) -> AccountCreated:

@@ -1,4 +1,12 @@
-"""Bearer tokens: HS256 JWTs in the Supabase shape (role in app_metadata.role, aud 'authenticated')."""
+"""Bearer tokens: HS256 JWTs in the Supabase shape (role in app_metadata.role, aud 'authenticated').
+
+Tokens our own sign-in issues also carry `iss` = `SESSION_ISSUER`, a `jti` and an `iat` (the database's clock,
+whole seconds): those are sessions, which a sign-out, a revocation, a role change, a disable or a password set
+ends (shared/core/sessions.py). Other tokens signed with the same secret (`invoke token`, the scheduler, an
+external identity provider's) carry no such `iss` and are checked as before: signature, audience, expiry, role.
+Clock leeway: an `iat` up to `LEEWAY_S` in the future is accepted (the database's clock stamps it, an instance's
+clock checks it); `exp` is checked without leeway.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import functools
 import hashlib
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
@@ -17,6 +26,9 @@ from shared.core.errors import Forbidden, Unauthorized
 from shared.core.settings import Settings
 
 ALGORITHM = "HS256"
+SESSION_ISSUER = "provisioner"  # `iss` of the tokens POST /api/auth/sign-in issues
+LEEWAY_S = 5  # an `iat` this far in the future is accepted (clock skew between the database and an instance)
+MAX_SESSION_S = 86_400  # the longest ACCESS_TOKEN_TTL_S allows: a session token claiming more is refused
 
 
 class Role(StrEnum):
@@ -29,19 +41,32 @@ class Role(StrEnum):
     VIEWER = "viewer"
     SCHEDULER = "scheduler"
     # An account made through POST /api/users: it may sign in, but its token carries no staff role, so every
-    # staff route answers it 403 (the role is not in USER_ROLES).
+    # staff route answers it 403 (the role is not in USER_ROLES); only POST /api/auth/sign-out accepts it.
     MEMBER = "member"
 
 
 USER_ROLES = (Role.ADMIN, Role.SALES_MANAGER, Role.VIEWER)
+# Roles a bearer token may carry: the staff roles and `member` (which only POST /api/auth/sign-out accepts).
+TOKEN_ROLES = frozenset(r.value for r in (*USER_ROLES, Role.MEMBER))
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a token of our own sign-in says about itself: whose, when issued, which one, until when."""
+
+    account_id: str
+    issued_at: int
+    token_id: str
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller."""
+    """The authenticated caller (`session`: set for a token of our own sign-in, None for any other)."""
 
     subject: str
     role: Role
+    session: Session | None = None
 
 
 class VerifiedTokens:
@@ -130,17 +155,34 @@ def _verify(token: str, settings: Settings) -> tuple[Principal, float | None]:
             secret,
             algorithms=[ALGORITHM],
             audience=settings.jwt_audience,
-            options={"require": ["exp", "aud", "sub"]},
+            options={"require": ["exp", "aud", "sub"], "verify_iat": False},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("the token has expired", headers={"WWW-Authenticate": "Bearer"}) from None
     except jwt.PyJWTError:
         raise Unauthorized("the token is not valid", headers={"WWW-Authenticate": "Bearer"}) from None
+    iat = claims.get("iat")
+    if iat is not None and (not isinstance(iat, int | float) or iat > time.time() + LEEWAY_S):
+        raise Unauthorized("the token is not valid yet", headers={"WWW-Authenticate": "Bearer"})
     app_metadata = claims.get("app_metadata")
     role = app_metadata.get("role") if isinstance(app_metadata, dict) else None
-    if role not in {r.value for r in USER_ROLES}:
+    if role not in TOKEN_ROLES:
         raise Forbidden("the token carries no role that may use this service")
-    return Principal(subject=str(claims["sub"])[:200], role=Role(role)), float(claims["exp"])
+    session = _session(claims) if claims.get("iss") == SESSION_ISSUER else None
+    return Principal(subject=str(claims["sub"])[:200], role=Role(role), session=session), float(claims["exp"])
+
+
+def _session(claims: dict[str, Any]) -> Session:
+    """The session of a token that claims our issuer: every session claim present and sane, else 401."""
+    jti, iat, exp, sub = claims.get("jti"), claims.get("iat"), claims["exp"], str(claims["sub"])
+    try:
+        account_id = str(uuid.UUID(sub))
+    except ValueError:
+        account_id = ""
+    if (not isinstance(jti, str) or not 0 < len(jti) <= 100 or not isinstance(iat, int) or not isinstance(exp, int)
+            or not account_id or exp - iat > MAX_SESSION_S):
+        raise Unauthorized("the token is not valid", headers={"WWW-Authenticate": "Bearer"})
+    return Session(account_id=account_id, issued_at=iat, token_id=jti, expires_at=exp)
 
 
 def _algorithm(token: str) -> str:
@@ -198,3 +240,9 @@ def issue_token(settings: Settings, *, role: Role, subject: str, ttl_s: int = 36
     if not secret:
         raise RuntimeError("AUTH_JWT_SECRET is not set: no token can be signed")
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def issue_session_token(settings: Settings, *, role: Role, account_id: str, issued_at: int, ttl_s: int) -> str:
+    """A token of our own sign-in: `iss` SESSION_ISSUER, a fresh `jti`, `iat` as given (the database's clock)."""
+    return issue_token(settings, role=role, subject=account_id, extra={
+        "iss": SESSION_ISSUER, "jti": uuid.uuid4().hex, "iat": issued_at, "exp": issued_at + ttl_s})

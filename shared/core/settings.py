@@ -74,11 +74,18 @@ class Settings(BaseModel):
     # Accepted creations per caller (`sub`) in any 60 s, across every instance; 0: no limit.
     create_quota_per_minute: int = Field(120, alias="CREATE_QUOTA_PER_MINUTE", ge=0)
     # Sign-in (POST /api/auth/sign-in): token lifetime, the throttle, and which X-Forwarded-For entry is the
-    # client (counted from the right: 1 = the last hop's, as the local gateway appends it).
+    # client (counted from the right: 1 = the last hop's, as the local gateway appends it). The throttle counts
+    # attempts per (account, client) and per client, each refused over its limit (429); per account it only
+    # alerts (`sign_in_attack`) from SIGN_IN_ACCOUNT_ALERT_AT on, never locking the owner out
+    # (docs/sign-in-and-sessions.md).
     access_token_ttl_s: int = Field(3600, alias="ACCESS_TOKEN_TTL_S", ge=60, le=86400)
     sign_in_window_s: int = Field(900, alias="SIGN_IN_WINDOW_S", ge=1)
-    sign_in_max_per_account: int = Field(5, alias="SIGN_IN_MAX_PER_ACCOUNT", ge=1)
+    sign_in_max_per_account_client: int = Field(5, alias="SIGN_IN_MAX_PER_ACCOUNT_CLIENT", ge=1)
     sign_in_max_per_address: int = Field(20, alias="SIGN_IN_MAX_PER_ADDRESS", ge=1)
+    sign_in_account_alert_at: int = Field(100, alias="SIGN_IN_ACCOUNT_ALERT_AT", ge=1)
+    # How long an instance trusts its copy of the ended sessions when no notification arrives (the bound when
+    # its LISTEN connection is down; with it up, an ended session is refused at once).
+    session_cache_ttl_s: float = Field(1.0, alias="SESSION_CACHE_TTL_S", ge=0, le=2)
     trusted_proxy_hops: int = Field(1, alias="TRUSTED_PROXY_HOPS", ge=0, le=10)
 
     queue_name: str = Field("user-creation", alias="QUEUE_NAME", pattern=r"^[A-Za-z0-9_{}-]+$")

@@ -45,7 +45,9 @@ SELECT
   (SELECT max(created_at) FROM system_health_logs WHERE event = 'cleanup_failed') AS last_cleanup_failure,
   (SELECT min(created_at) < now() - %(overdue)s FROM system_health_logs) AS cleanup_was_due,
   (SELECT max(created_at) > now() - %(overdue)s FROM system_health_logs WHERE event = 'health_logs_cleaned')
-      AS cleaned_recently
+      AS cleaned_recently,
+  (SELECT count(*) FROM system_health_logs WHERE event = 'sign_in_attack' AND created_at > now() - %(window)s)
+      AS sign_in_attacks
 """
 
 
@@ -76,6 +78,12 @@ async def database_conditions(conn: AsyncConnection[Any], settings: Settings) ->
                   ("health log cleanup failing: its last run failed" if failing_cleanup else
                    f"health log cleanup overdue: no successful run in {settings.cleanup_overdue_hours} h")
                   if failing_cleanup or overdue else "health log cleanup ran"),
+        # An account's sign-in attempts reached SIGN_IN_ACCOUNT_ALERT_AT (shared/accounts/signin_throttle.py):
+        # the account is not locked, so a person decides (disable it, block addresses at the front).
+        Condition("sign_in_attack", "WARNING", row["sign_in_attacks"] > 0,
+                  f"sign-in attack: {row['sign_in_attacks']} account ceiling(s) of"
+                  f" {settings.sign_in_account_alert_at} attempts reached in the last {minutes}"
+                  if row["sign_in_attacks"] else f"no sign-in attack in the last {minutes}"),
     ]
     return str(row["mode"]), conditions
 

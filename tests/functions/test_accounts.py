@@ -75,6 +75,7 @@ async def test_the_welcome_link_sets_a_password_and_sign_in_returns_the_contract
     c = claims(body["access_token"])
     assert c["sub"] == user_id and c["aud"] == "authenticated"
     assert c["app_metadata"] == {"role": "member"} and c["exp"] - c["iat"] == 3600
+    assert c["iss"] == "provisioner" and re.fullmatch(r"[0-9a-f]{32}", c["jti"])
     assert abs(c["iat"] - time.time()) < 30
     # A member's token opens no staff route.
     denied = await call("get_mode", "GET", "/api/admin/system/mode", headers=auth(body["access_token"]))
@@ -197,17 +198,72 @@ async def test_a_bad_sign_in_body_is_422(call, deps, payload):
     assert r.status_code == 422
 
 
-async def test_five_failures_lock_the_account_for_everyone_even_with_the_right_password(call, tokens, stack):
+async def test_an_attackers_client_is_locked_out_while_the_owner_signs_in_from_another(call, tokens, stack, db):
     _, token = await new_member(call, tokens, stack)
     assert (await set_password(call, token)).status_code == 204
+    attacker, owner = "192.0.2.66", "198.51.100.8"
     for i in range(5):
-        r = await sign_in(call, MEMBER["email"], f"wrong-guess-number-{i}", address=f"192.0.2.{i}")
+        r = await sign_in(call, MEMBER["email"], f"wrong-guess-number-{i}", address=attacker)
         assert r.status_code == 401
-    r = await sign_in(call, MEMBER["email"], GOOD_PASSWORD, address="192.0.2.99")
+    # The attacker's client is refused even with the right password, before any password check...
+    r = await sign_in(call, MEMBER["email"], GOOD_PASSWORD, address=attacker)
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(r.headers["retry-after"]) <= 900
-    # Another account is not affected.
-    assert (await sign_in(call, "someone.else@example.com", address="192.0.2.98")).status_code == 401
+    # ...while the owner, from another client, signs in with the right password.
+    r = await sign_in(call, MEMBER["email"], GOOD_PASSWORD, address=owner)
+    assert r.status_code == 200, r.text
+    # The attacker's client may still try other accounts (its own per-client budget), and stays locked on this one.
+    assert (await sign_in(call, "someone.else@example.com", address=attacker)).status_code == 401
+    assert (await sign_in(call, MEMBER["email"], GOOD_PASSWORD, address=attacker)).status_code == 429
+    event = db.execute("SELECT level, metadata FROM system_health_logs WHERE event = 'sign_in_throttled'").fetchall()
+    assert len(event) == 1 and event[0]["level"] == "WARNING" and event[0]["metadata"]["scope"] == "account_client"
+
+
+async def test_a_disabled_account_gets_the_same_401_as_a_wrong_password(call, tokens, stack, db):
+    user_id, token = await new_member(call, tokens, stack)
+    assert (await set_password(call, token)).status_code == 204
+    wrong = await sign_in(call, MEMBER["email"], "not-the-password-at-all", address="203.0.113.11")
+    r = await call("disable_account", "POST", f"/api/admin/accounts/{user_id}/disable",
+                   headers=auth(tokens["admin"]), json={"reason": "left the company"})
+    assert r.status_code == 200 and r.json()["disabled"] is True
+    started = time.perf_counter()
+    disabled = await sign_in(call, MEMBER["email"], GOOD_PASSWORD, address="203.0.113.12")
+    elapsed = time.perf_counter() - started
+    assert disabled.status_code == wrong.status_code == 401
+    assert disabled.text == wrong.text
+    assert elapsed >= 0.05  # the same work: the Argon2id verification ran (about 150 ms), not a quick refusal
+
+
+async def test_the_account_ceiling_alerts_through_the_watchdog_and_never_locks_the_owner(
+        monkeypatch, call, tokens, stack, db, deps, deps_factory):
+    user_id, token = await new_member(call, tokens, stack)
+    assert (await set_password(call, token)).status_code == 204
+    db.execute("TRUNCATE alert_states, alert_outbox RESTART IDENTITY")
+    use_deps(monkeypatch, await deps_factory(SIGN_IN_ACCOUNT_ALERT_AT=10))
+    try:
+        # Ten attacker clients, one guess each: no client reaches its limit, the account reaches its ceiling.
+        for i in range(10):
+            r = await sign_in(call, MEMBER["email"], f"botnet-guess-{i}-pw", address=f"192.0.2.{100 + i}")
+            assert r.status_code == 401
+        # The owner is not locked out.
+        assert (await sign_in(call, MEMBER["email"], address="198.51.100.9")).status_code == 200
+        events = db.execute("SELECT level, metadata FROM system_health_logs WHERE event = 'sign_in_attack'").fetchall()
+        assert [(e["level"], e["metadata"]["user_id"], e["metadata"]["attempts"]) for e in events] == [
+            ("WARNING", user_id, 10)]
+        watchdog = await call("alert_watchdog", "POST", "/api/admin/system/watchdog", headers=auth(tokens["admin"]))
+        assert watchdog.status_code == 200
+        assert {t["event"]: t["state"] for t in watchdog.json()["transitions"]}.get("sign_in_attack") == "firing"
+        again = await call("alert_watchdog", "POST", "/api/admin/system/watchdog", headers=auth(tokens["admin"]))
+        assert "sign_in_attack" not in {t["event"] for t in again.json()["transitions"]}  # once per episode
+        db.execute("UPDATE system_health_logs SET created_at = now() - interval '1 hour'"
+                   " WHERE event = 'sign_in_attack'")  # a whole alert window without an attack
+        over = await call("alert_watchdog", "POST", "/api/admin/system/watchdog", headers=auth(tokens["admin"]))
+        assert {t["event"]: t["state"] for t in over.json()["transitions"]}.get("sign_in_attack") == "resolved"
+    finally:
+        use_deps(monkeypatch, deps)
+    # The alert and its event name the account by id only: no address, no client.
+    dump = str(db.execute("SELECT message FROM alert_states").fetchall()) + str(events)
+    assert "mia" not in dump.lower() and "192.0.2" not in dump and "198.51" not in dump
 
 
 async def test_a_success_resets_the_account_counter(call, tokens, stack):
@@ -233,7 +289,7 @@ async def test_twenty_failures_from_one_address_lock_that_address(call, deps, db
     r = await sign_in(call, "guess-next@example.com", "some-password-here", address="198.51.100.21")
     assert r.status_code == 401
     event = db.execute("SELECT level, metadata FROM system_health_logs WHERE event = 'sign_in_throttled'").fetchall()
-    assert len(event) == 1 and event[0]["level"] == "WARNING" and event[0]["metadata"]["scope"] == "address"
+    assert len(event) == 1 and event[0]["level"] == "WARNING" and event[0]["metadata"]["scope"] == "client"
 
 
 async def test_redis_holds_no_address_email_or_password(call, tokens, stack):
@@ -243,7 +299,7 @@ async def test_redis_holds_no_address_email_or_password(call, tokens, stack):
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     try:
         keys = [k for k in client.scan_iter(match=f"{stack.queue_prefix}:sign-in:*")]
-        assert len(keys) == 2
+        assert len(keys) == 3  # (account, client), client, account
         dump = " ".join(keys + [str(client.get(k)) for k in keys]).lower()
     finally:
         client.close()

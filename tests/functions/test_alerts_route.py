@@ -34,7 +34,7 @@ async def test_watchdog_run_by_an_admin_reports_every_condition(call, deps, db, 
     body = answer.json()
     assert body["database"] is True
     assert set(body["conditions"]) == {"fallback_active", "creation_failed", "email_failing", "cleanup_failing",
-                                       "redis_unavailable", "no_consumer"}
+                                       "sign_in_attack", "redis_unavailable", "no_consumer"}
     # Redis answers; no consumer runs in this test while the mode is async_queue: that is the no-consumer state.
     assert body["conditions"]["redis_unavailable"] is False and body["conditions"]["no_consumer"] is True
 
