@@ -1,4 +1,4 @@
-"""The performance page's table (docs/performance.md) is the newest committed results file's, and that file is a complete run."""
+"""docs/performance.md's table is the newest committed results file's, and that file is a complete run."""
 
 import json
 
