@@ -5,8 +5,7 @@ time the cache is read, so no request waits for it. A notification marks the cac
 at the listening socket itself (a zero-timeout `select()`, no round trip), so a notification that has arrived
 but not been handled yet (Cloud Run throttles the CPU between requests) still counts. When the connection is
 lost the cache is marked stale, a WARNING log line says so and the task reconnects with backoff; the owner's
-TTL is the bound meanwhile. (The kill switch's `ModeCache` keeps its own copy of this loop, older than this
-module.)
+TTL is the bound meanwhile. Used by the kill switch's `ModeCache` and by the ended sessions' `SessionRules`.
 """
 
 from __future__ import annotations
@@ -27,13 +26,16 @@ log = logging.getLogger(__name__)
 
 
 class ChannelListener:
-    """Marks `stale` when PostgreSQL notifies `channel` (or the connection is lost)."""
+    """Marks `stale` when PostgreSQL notifies `channel` (or the connection is lost). `name` ends the connection's
+    application_name (`<pool name>-<name>`); `what` names the cache in log lines; `ttl_s` is the owner's bound."""
 
     RECONNECT_MAX_S = 5.0
 
-    def __init__(self, pool: AsyncConnectionPool, channel: str, *, ttl_s: float) -> None:
+    def __init__(self, pool: AsyncConnectionPool, channel: str, *, name: str, what: str, ttl_s: float) -> None:
         self._pool = pool
         self._channel = channel
+        self._name = name
+        self._what = what
         self._ttl_s = ttl_s
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -43,7 +45,7 @@ class ChannelListener:
     def start(self) -> None:
         """Start the background task unless it runs (called on every read; cheap)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._listen(), name=f"{self._channel}-listener")
+            self._task = asyncio.get_running_loop().create_task(self._listen(), name=self._name)
 
     def notified(self) -> bool:
         """A change was announced since `consume()`: handled by the task, or still unread in its socket."""
@@ -74,13 +76,13 @@ class ChannelListener:
                 kwargs = self._pool.kwargs if isinstance(self._pool.kwargs, dict) else {}
                 conn = await psycopg.AsyncConnection.connect(
                     conninfo, autocommit=True, connect_timeout=kwargs.get("connect_timeout", 2),
-                    application_name=f"{self._pool.name}-{self._channel}")
+                    application_name=f"{self._pool.name}-{self._name}")
                 self._conn = conn
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 self.stale = True  # a change between the last read and this LISTEN was announced to nobody
                 self.listening = True
                 if lost_since is not None:
-                    log.info("%s listener back after %.1f s", self._channel, time.monotonic() - lost_since)
+                    log.info("%s listener back after %.1f s", self._what, time.monotonic() - lost_since)
                 lost_since, delay = None, 0.2
                 async for _ in conn.notifies():
                     self.stale = True
@@ -93,7 +95,7 @@ class ChannelListener:
                 if lost_since is None:
                     lost_since = time.monotonic()
                     log.warning("%s listener down (%s): changes are followed within %.1f s until it is back",
-                                self._channel, type(exc).__name__, self._ttl_s)
+                                self._what, type(exc).__name__, self._ttl_s)
                 await self._close_conn()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.RECONNECT_MAX_S)

@@ -69,7 +69,8 @@ class SessionRules:
     def __init__(self, pool: AsyncConnectionPool, ttl_s: float) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
-        self._listener = ChannelListener(pool, SESSIONS_CHANNEL, ttl_s=ttl_s)
+        self._listener = ChannelListener(pool, SESSIONS_CHANNEL, name="sessions-listener", what="ended sessions",
+                                         ttl_s=ttl_s)
         self._copy: Revocations | None = None
         self._read_at = 0.0
         self._reading: asyncio.Lock | None = None

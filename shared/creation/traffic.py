@@ -3,22 +3,19 @@ PostgreSQL announces a flip."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from shared.core import db
 from shared.core.audit import record_audit
 from shared.core.errors import DatabaseUnavailable, StaleVersion
 from shared.core.health import Level, record
+from shared.core.notify import ChannelListener
 from shared.creation.models import SetModeCommand, TrafficMode
 
 log = logging.getLogger(__name__)
@@ -153,39 +150,36 @@ MODE_CHANNEL = "provisioner_traffic_mode"  # the trigger of infra/migrations/001
 
 
 class ModeCache:
-    """Per-instance cache of the switch, told of every flip by PostgreSQL (LISTEN/NOTIFY).
+    """Per-instance cache of the switch, told of every flip by PostgreSQL (LISTEN/NOTIFY, `ChannelListener`).
 
-    Each instance keeps one connection of its own (not one of the pool's request connections) LISTENing on
-    `MODE_CHANNEL`, opened by a background task the first time the switch is read, so no request waits for it.
-    A notification marks the cached value stale and the next request reads the switch again: a flip reaches
-    every instance within a few milliseconds instead of `ttl_s`. A request also looks at the listening socket
-    itself (a zero-timeout `select()`, no round trip): a notification that has arrived but not been handled yet
-    (Cloud Run throttles the CPU between requests, so the background task may not have run) still counts.
+    A notification (handled by the listener's task, or still unread in its socket: Cloud Run throttles the CPU
+    between requests) marks the cached value stale and the next request reads the switch again: a flip reaches
+    every instance within a few milliseconds instead of `ttl_s`.
 
     The TTL stays the bound when the listener is down (database restarted, backend terminated): the cached value
     is read again once older than `ttl_s`, and the listener reconnects (a WARNING when it is lost, an INFO when
     it is back). When PostgreSQL cannot be read, the last known mode stays in force (and the failure is logged).
     """
 
-    RECONNECT_MAX_S = 5.0
-
     def __init__(self, pool: AsyncConnectionPool, ttl_s: float) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
         self._state: ModeState | None = None
         self._read_at = 0.0
-        self._stale = False
-        self._listener: asyncio.Task[None] | None = None
-        self._listen_conn: psycopg.AsyncConnection[Any] | None = None
-        self.listening = False  # True while the LISTEN connection is up (the health view and tests read it)
+        self._listener = ChannelListener(pool, MODE_CHANNEL, name="mode-listener", what="traffic mode", ttl_s=ttl_s)
+
+    @property
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up (the health view and tests read it)."""
+        return self._listener.listening
 
     async def current(self) -> ModeState:
         """The configured mode: read again after a notification, or once the cached value is older than the TTL."""
-        self._start_listener()
+        self._listener.start()
         now = time.monotonic()
-        if self._state is not None and now - self._read_at < self._ttl_s and not self._notified():
+        if self._state is not None and now - self._read_at < self._ttl_s and not self._listener.notified():
             return self._state
-        self._stale = False  # a notification arriving during the read marks it stale again
+        self._listener.consume()  # a notification arriving during the read marks it stale again
         try:
             self._state = await read_mode(self._pool)
             self._read_at = now
@@ -201,64 +195,4 @@ class ModeCache:
 
     async def aclose(self) -> None:
         """Stop listening (the instance is closing)."""
-        task, self._listener = self._listener, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self._close_listen_conn()
-
-    # -- the listener -------------------------------------------------------------------------------------------
-
-    def _notified(self) -> bool:
-        """A flip was announced since the last read: handled by the listener task, or still in its socket."""
-        if self._stale:
-            return True
-        conn = self._listen_conn
-        return conn is not None and not conn.closed and db.readable_now(conn) is True
-
-    def _start_listener(self) -> None:
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen(), name="traffic-mode-listener")
-
-    async def _listen(self) -> None:
-        delay = 0.2
-        lost_since: float | None = None
-        while True:
-            try:
-                # The pool's own server and connect timeout (db.make_pool passes a string and a dict).
-                conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
-                kwargs = self._pool.kwargs if isinstance(self._pool.kwargs, dict) else {}
-                conn = await psycopg.AsyncConnection.connect(
-                    conninfo, autocommit=True, connect_timeout=kwargs.get("connect_timeout", 2),
-                    application_name=f"{self._pool.name}-mode-listener")
-                self._listen_conn = conn
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(MODE_CHANNEL)))
-                # A flip between the last read and this LISTEN was announced to nobody: read again.
-                self._stale = True
-                self.listening = True
-                if lost_since is not None:
-                    log.info("traffic mode listener back after %.1f s", time.monotonic() - lost_since)
-                lost_since, delay = None, 0.2
-                async for _ in conn.notifies():
-                    self._stale = True
-                raise psycopg.OperationalError("the listening connection ended")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.listening = False
-                self._stale = True
-                if lost_since is None:
-                    lost_since = time.monotonic()
-                    log.warning("traffic mode listener down (%s): the switch is followed within %.1f s "
-                                "(MODE_CACHE_TTL_S) until it is back", type(exc).__name__, self._ttl_s)
-                await self._close_listen_conn()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.RECONNECT_MAX_S)
-
-    async def _close_listen_conn(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        self.listening = False
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        await self._listener.aclose()

@@ -87,7 +87,7 @@ async def test_with_the_listeners_down_the_ttl_still_bounds_a_revocation(call, t
     account_id = await staff_account(call, tokens, stack, EMAIL, "viewer")
     token = await session(call, EMAIL)
     killed = db.execute("SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity"
-                        " WHERE application_name = 'function-provisioner_sessions'").fetchall()
+                        " WHERE application_name = 'function-sessions-listener'").fetchall()
     assert len(killed) == 3  # one LISTEN connection per instance
     delays = await _end_and_measure(call, tokens, instances, token, "revoke", account_id)
     figures(listeners="terminated", slowest_instance_s=max(delays))
