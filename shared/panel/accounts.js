@@ -1,7 +1,10 @@
 /* The panel's Accounts card: staff accounts (GET /api/admin/accounts), a new staff account
- * (POST /api/admin/accounts) and "Send welcome again" (POST /api/admin/accounts/{id}/welcome: a new link, the old
- * ones dead). Loads when the panel is shown (app.js un-hides #panel once the token works) and after each change.
- * Calls the API through session.js with the tab's token. Strict CSP: no inline code, no style attributes. */
+ * (POST /api/admin/accounts), "Send welcome again" (POST /api/admin/accounts/{id}/welcome: a new link, the old
+ * ones dead), and an account's life, each with a reason asked in #account-dialog (docs/sign-in-and-sessions.md):
+ * Disable / Enable (POST .../disable, .../enable), Change role (PATCH /api/admin/accounts/{id}) and End sessions
+ * (POST .../sessions/revoke). Loads when the panel is shown (app.js un-hides #panel once the token works) and
+ * after each change. Calls the API through session.js with the tab's token. Strict CSP: no inline code, no style
+ * attributes. */
 (function () {
   "use strict";
 
@@ -40,19 +43,109 @@
       cell(tr, a.email);
       cell(tr, a.full_name);
       cell(tr, a.role);
+      cell(tr, a.disabled ? "disabled" : "active");
       cell(tr, a.password_set_at ? when(a.password_set_at) : "not yet");
       cell(tr, when(a.last_sign_in_at));
-      var button = document.createElement("button");
-      button.type = "button";
-      button.className = "btn btn-small";
-      button.textContent = "Send welcome again";
-      button.setAttribute("aria-label", "Send the welcome email again to " + a.email);
-      button.addEventListener("click", function () { resend(a, button); });
-      cell(tr, "").appendChild(button);
+      var actions = cell(tr, "");
+      actions.className = "row-actions";
+      var welcome = action(actions, "Send welcome again", "Send the welcome email again to " + a.email);
+      welcome.addEventListener("click", function () { resend(a, welcome); });
+      action(actions, a.disabled ? "Enable" : "Disable", (a.disabled ? "Enable " : "Disable ") + a.email)
+        .addEventListener("click", function () { ask(a, a.disabled ? "enable" : "disable"); });
+      action(actions, "Change role", "Change the role of " + a.email)
+        .addEventListener("click", function () { ask(a, "role"); });
+      action(actions, "End sessions", "End every session of " + a.email)
+        .addEventListener("click", function () { ask(a, "revoke"); });
       body.appendChild(tr);
     });
     $("accounts-wrap").hidden = items.length === 0;
     $("accounts-empty").hidden = items.length !== 0;
+  }
+
+  function action(parent, text, label) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "btn btn-small";
+    button.textContent = text;
+    button.setAttribute("aria-label", label);
+    parent.appendChild(button);
+    return button;
+  }
+
+  // ------------------------------------------------------------------ an account's life, with a reason
+
+  var CHANGES = {
+    disable: { title: "Disable this account?", confirm: "Disable",
+               text: " can no longer sign in or set a password, and every session of it ends on every instance.",
+               path: "/disable", method: "POST",
+               done: function (a) { return a.email + " is disabled; its sessions have ended."; } },
+    enable: { title: "Enable this account again?", confirm: "Enable",
+              text: " may sign in again; sessions from before the disable stay ended.",
+              path: "/enable", method: "POST",
+              done: function (a) { return a.email + " is enabled again."; } },
+    role: { title: "Change this account's role?", confirm: "Change role",
+            text: "'s sessions end at once (a token carries its role); the next sign-in carries the new role.",
+            path: "", method: "PATCH",
+            done: function (a) { return a.email + " is now " + a.role + "; its older sessions have ended."; } },
+    revoke: { title: "End every session of this account?", confirm: "End sessions",
+              text: " is signed out everywhere: every token issued so far is refused; signing in again works.",
+              path: "/sessions/revoke", method: "POST",
+              done: function (a, data) { return "Every session of " + a.email + " issued before " +
+                                         when(data.revoked_before) + " has ended."; } }
+  };
+  var pending = null;  // {account, kind} while the dialog is open
+
+  function ask(account, kind) {
+    var change = CHANGES[kind];
+    pending = { account: account, kind: kind };
+    $("account-dialog-h").textContent = change.title;
+    $("account-dialog-desc").textContent = account.email + " (" + account.role + ")" + change.text;
+    $("account-new-role-field").hidden = kind !== "role";
+    if (kind === "role") {
+      var select = $("account-new-role");
+      Array.prototype.forEach.call(select.options, function (o) { o.disabled = o.value === account.role; });
+      select.value = account.role === "viewer" ? "sales_manager" : "viewer";
+    }
+    $("account-reason").value = "";
+    $("account-dialog-error").textContent = "";
+    $("account-dialog-confirm").textContent = change.confirm;
+    $("account-dialog-confirm").disabled = false;
+    var dialog = $("account-dialog");
+    if (typeof dialog.showModal === "function") { dialog.showModal(); } else { dialog.setAttribute("open", ""); }
+    (kind === "role" ? $("account-new-role") : $("account-reason")).focus();
+  }
+
+  function closeAsk() {
+    pending = null;
+    var dialog = $("account-dialog");
+    if (!dialog.open) { return; }
+    if (typeof dialog.close === "function") { dialog.close(); } else { dialog.removeAttribute("open"); }
+  }
+
+  function confirmChange(ev) {
+    ev.preventDefault();
+    if (!pending) { return; }
+    var reason = $("account-reason").value.trim();
+    if (reason.length < 3) {
+      $("account-dialog-error").textContent = "Give a reason of at least 3 characters.";
+      $("account-reason").focus();
+      return;
+    }
+    var account = pending.account;
+    var change = CHANGES[pending.kind];
+    var body = { reason: reason };
+    if (pending.kind === "role") { body.role = $("account-new-role").value; }
+    $("account-dialog-confirm").disabled = true;
+    api(change.method, "/api/admin/accounts/" + encodeURIComponent(account.id) + change.path, body)
+      .then(function (data) {
+        closeAsk();
+        say("ok", change.done(data && data.email ? data : account, data));
+        return load();
+      }, function (err) {
+        $("account-dialog-confirm").disabled = false;
+        $("account-dialog-error").textContent = (err.status === 409 ? "Refused: " : "Not changed: ") +
+          session.describe(err);
+      });
   }
 
   function load() {
@@ -99,9 +192,13 @@
 
   function init() {
     $("account-form").addEventListener("submit", create);
+    $("account-dialog-form").addEventListener("submit", confirmChange);
+    $("account-dialog-cancel").addEventListener("click", closeAsk);
+    $("account-reason").addEventListener("input", function () { $("account-dialog-error").textContent = ""; });
+    $("account-dialog").addEventListener("close", function () { pending = null; });
     var panel = $("panel");
     new MutationObserver(function () {
-      if (!panel.hidden) { load(); } else { say("", ""); render([]); }
+      if (!panel.hidden) { load(); } else { closeAsk(); say("", ""); render([]); }
     }).observe(panel, { attributes: true, attributeFilter: ["hidden"] });
     if (!panel.hidden) { load(); }
   }

@@ -169,13 +169,30 @@
     return true;
   }
 
+  /* Sign out: the server ends this token on every instance (POST /api/auth/sign-out), then the page forgets it.
+   * An answer of 401 means it had ended already; no answer at all is said, since the token then lives on until
+   * it expires. */
+  function endSession(signOut) {
+    if (!token()) { signOut(null); return Promise.resolve(); }
+    return request("/api/auth/sign-out", { method: "POST", timeoutMs: 5000 }).then(function () {
+      signOut(null);
+    }, function (err) {
+      signOut(err instanceof ApiError && err.status === 401 ? null :
+        "Signed out of this tab, but the server could not end the token (" + describe(err) + "): it stays " +
+        "valid until it expires.");
+    });
+  }
+
   /* Wires the pasted-token form and Sign out, then signs in with a `#token=` link or this tab's token. */
   function start(signIn, signOut) {
     $("signin-form").addEventListener("submit", function (ev) {
       ev.preventDefault();
       signIn($("token-input").value);
     });
-    $("signout-btn").addEventListener("click", function () { signOut(null); });
+    $("signout-btn").addEventListener("click", function () {
+      $("signout-btn").disabled = true;
+      endSession(signOut).finally(function () { $("signout-btn").disabled = false; });
+    });
     var initial = fromFragment() || token();
     if (initial) { signIn(initial); } else { $("token-input").focus(); }
   }
@@ -194,6 +211,7 @@
     showSignIn: showSignIn,
     showPage: showPage,
     accept: accept,
+    endSession: endSession,
     start: start
   };
 }());

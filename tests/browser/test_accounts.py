@@ -139,3 +139,110 @@ def test_an_admin_makes_an_account_and_sends_its_welcome_again_from_the_panel(sy
     old = system.http.post("/api/account/password",
                            json={"token": unquote(first.split("token=", 1)[1]), "password": PASSWORD})
     assert old.status_code == 410
+
+
+def staff_with_password(system: PanelSystem, stack: Any, email: str, role: str) -> str:
+    """A staff account made through the API whose emailed link set PASSWORD: its id."""
+    before = len(stack.ses.sent_messages())
+    made = system.call("POST", "/api/admin/accounts", json={"email": email, "full_name": "Staff Person", "role": role})
+    assert made.status_code == 201, made.text
+    link = emailed_link(stack, email, after=before)
+    done = system.http.post("/api/account/password",
+                            json={"token": unquote(link.split("token=", 1)[1]), "password": PASSWORD})
+    assert done.status_code == 204, done.text
+    return str(made.json()["account"]["id"])
+
+
+def api_session(system: PanelSystem, email: str) -> str:
+    r = system.http.post("/api/auth/sign-in", json={"email": email, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+def accounts_status(system: PanelSystem, token: str) -> int:
+    return system.http.get("/api/admin/accounts", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def change_in_dialog(page: Any, row: Any, button: str, confirm: str, reason: str, role: str | None = None) -> None:
+    row.get_by_role("button", name=re.compile(button)).click()
+    dialog = page.locator("#account-dialog")
+    expect(dialog).to_be_visible(timeout=WAIT_MS)
+    if role is not None:
+        dialog.get_by_label("New role").select_option(role)
+    dialog.get_by_label("Reason").fill(reason)
+    dialog.get_by_role("button", name=confirm, exact=True).click()
+
+
+def test_an_admin_disables_changes_the_role_and_ends_the_sessions_of_an_account_and_sign_out_ends_the_token(
+        system, stack, new_page):
+    staff_with_password(system, stack, "ada.admin@example.com", "admin")
+    wendy = staff_with_password(system, stack, "wendy.viewer@example.com", "viewer")
+    wendys_token = api_session(system, "wendy.viewer@example.com")
+    assert accounts_status(system, wendys_token) == 200
+
+    page = new_page()
+    sign_in_to_panel(page, system, "ada.admin@example.com")
+    expect(page.locator("#panel")).to_be_visible(timeout=WAIT_MS)
+    row = page.locator("#accounts-rows tr", has_text="wendy.viewer@example.com")
+    expect(row).to_contain_text("active", timeout=WAIT_MS)
+
+    # Disable: a reason is required; the dialog says what happens; the account's token is refused at once.
+    row.get_by_role("button", name="Disable wendy.viewer@example.com").click()
+    dialog = page.locator("#account-dialog")
+    expect(dialog).to_be_visible(timeout=WAIT_MS)
+    expect(dialog).to_contain_text("every session of it ends")
+    dialog.get_by_role("button", name="Disable", exact=True).click()
+    expect(page.locator("#account-dialog-error")).to_contain_text("at least 3 characters")
+    dialog.get_by_label("Reason").fill("left the company")
+    expect(page.locator("#account-dialog-error")).to_have_text("")
+    screenshot(page, "panel-account-disable.png", full_page=False)
+    dialog.get_by_role("button", name="Disable", exact=True).click()
+    expect(page.locator("#accounts-msg")).to_contain_text("is disabled", timeout=WAIT_MS)
+    expect(row).to_contain_text("disabled", timeout=WAIT_MS)
+    assert accounts_status(system, wendys_token) == 401
+    assert system.http.post("/api/auth/sign-in", json={"email": "wendy.viewer@example.com",
+                                                       "password": PASSWORD}).status_code == 401
+
+    change_in_dialog(page, row, "Enable wendy", "Enable", "came back")
+    expect(row).to_contain_text("active", timeout=WAIT_MS)
+    assert accounts_status(system, wendys_token) == 401  # enabling does not revive the old session
+
+    # Change role: the old token ends; the next sign-in carries the new role.
+    wendys_token = api_session(system, "wendy.viewer@example.com")
+    change_in_dialog(page, row, "Change the role of wendy", "Change role", "moved to sales", role="sales_manager")
+    expect(row).to_contain_text("sales_manager", timeout=WAIT_MS)
+    assert accounts_status(system, wendys_token) == 401
+    wendys_token = api_session(system, "wendy.viewer@example.com")
+    assert system.http.get("/api/users/requests",
+                           headers={"Authorization": f"Bearer {wendys_token}"}).status_code == 200
+
+    # End sessions: every token issued so far is refused.
+    change_in_dialog(page, row, "End every session of wendy", "End sessions", "laptop stolen")
+    expect(page.locator("#accounts-msg")).to_contain_text("has ended", timeout=WAIT_MS)
+    assert system.http.get("/api/users/requests",
+                           headers={"Authorization": f"Bearer {wendys_token}"}).status_code == 401
+    expect(row).to_contain_text("active")
+    page.locator("#accounts").scroll_into_view_if_needed()
+    screenshot(page, "panel-accounts-lifecycle.png", full_page=False)
+
+    # The admin's own account: refused with the reason shown in the dialog, nothing changed.
+    own = page.locator("#accounts-rows tr", has_text="ada.admin@example.com")
+    change_in_dialog(page, own, "Disable ada", "Disable", "trying to lock myself out")
+    expect(page.locator("#account-dialog-error")).to_contain_text("your own account", timeout=WAIT_MS)
+    page.locator("#account-dialog").get_by_role("button", name="Cancel").click()
+    expect(page.locator("#account-dialog")).to_be_hidden()
+
+    audit = system.sql("SELECT action, reason, actor FROM audit_log WHERE target = %s AND action <> 'account_created'"
+                       " ORDER BY id", (wendy,))
+    assert [(a["action"], a["reason"]) for a in audit] == [
+        ("account_disabled", "left the company"), ("account_enabled", "came back"),
+        ("account_role_changed", "moved to sales"), ("account_sessions_revoked", "laptop stolen")]
+    assert len({a["actor"] for a in audit}) == 1
+
+    # Sign out ends the admin's token on the server, not only in the tab.
+    admins_token = page.evaluate("Object.values(sessionStorage)")[0]
+    assert accounts_status(system, admins_token) == 200
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#signin")).to_be_visible(timeout=WAIT_MS)
+    assert page.evaluate("sessionStorage.length") == 0
+    wait_until(lambda: accounts_status(system, admins_token) == 401, 2, "the signed-out token still works")
