@@ -90,25 +90,26 @@ class SessionRules:
     async def current(self) -> Revocations:
         """The copy: read again after a notification, or once older than the TTL (one reader at a time)."""
         self._listener.start()
-        if self._fresh():
-            assert self._copy is not None  # noqa: S101 (narrowing for mypy: _fresh() checked it)
-            return self._copy
+        fresh = self._fresh_copy()
+        if fresh is not None:
+            return fresh
         if self._reading is None:
             self._reading = asyncio.Lock()
         async with self._reading:
-            if self._fresh():  # another request read it while this one waited
-                assert self._copy is not None  # noqa: S101
-                return self._copy
+            fresh = self._fresh_copy()  # another request may have read it while this one waited
+            if fresh is not None:
+                return fresh
             started = time.monotonic()
             self._listener.consume()
             try:
-                self._copy = await self._read()
-                self._read_at = started
+                copy = await self._read()
             except (DatabaseUnavailable, psycopg.Error) as exc:
                 if self._copy is None:
                     raise DatabaseUnavailable() from exc
                 log.warning("ended sessions unreadable (%s): the last copy stays in force", type(exc).__name__)
-        return self._copy
+                return self._copy
+            self._copy, self._read_at = copy, started
+            return copy
 
     def invalidate(self) -> None:
         """Read again on the next check (after this instance ended a session itself)."""
@@ -118,9 +119,10 @@ class SessionRules:
         """Stop listening (the instance is closing)."""
         await self._listener.aclose()
 
-    def _fresh(self) -> bool:
-        return (self._copy is not None and time.monotonic() - self._read_at < self._ttl_s
-                and not self._listener.notified())
+    def _fresh_copy(self) -> Revocations | None:
+        if self._copy is not None and time.monotonic() - self._read_at < self._ttl_s and not self._listener.notified():
+            return self._copy
+        return None
 
     async def _read(self) -> Revocations:
         async with db.connection(self._pool) as conn:
