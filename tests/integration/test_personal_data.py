@@ -14,6 +14,7 @@ from shared.accounts.signin_throttle import _digest as sign_in_key
 from shared.core.auth import Principal, Role
 from shared.creation.creation import create_user_request
 from shared.creation.models import CreateUserCommand
+from shared.creation.outbox import EmailClaim, send_claimed
 from shared.operations.maintenance import run_cleanup
 from shared.operations.pii_scan import scan
 from tests.conftest import auth, wait_until
@@ -145,6 +146,16 @@ async def test_erase_removes_the_person_from_every_table_redis_key_and_event_and
                        json={"reason": "asked again"})
     assert again.status_code == 200 and again.json()["already"] is True
     assert db.execute("SELECT count(*) AS n FROM audit_log WHERE action = 'user_erased'").fetchone()["n"] == 1
+    # No new welcome email for it, and one already on its way when the erase committed makes no live link.
+    resend = await call("resend_welcome", "POST", f"/api/admin/accounts/{user_id}/welcome",
+                        headers=auth(tokens["admin"]))
+    assert resend.status_code == 404
+    box = db.execute("SELECT id FROM email_outbox WHERE user_id = %s", (user_id,)).fetchone()
+    in_flight = EmailClaim(box["id"], user_id, request_id, 0, ERASED["email"], ERASED["full_name"])
+    report = await send_claimed(deps.pool, deps.mailer, deps.settings, in_flight, source="test", slot_taken=True)
+    assert report.sent == 1  # it went out (it was on its way) ...
+    assert db.execute("SELECT count(*) AS n FROM password_setup_tokens WHERE user_id = %s",
+                      (user_id,)).fetchone()["n"] == 0  # ... but its link is dead
     # The address is free again: the person may be made anew.
     assert (await call("create_user", "POST", "/api/users", headers=auth(tokens["sales_manager"]),
                        json=ERASED)).status_code == 202
