@@ -14,7 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,8 @@ from shared.core.errors import InvalidInput
 
 STATUSES = ("queued", "processing", "created", "failed")
 SEARCH_PARAMS = frozenset({"q", "status", "actor", "from", "to", "limit", "cursor"})
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
 CURSOR_VERSION = 1
 MAX_Q = 200
 
@@ -86,6 +88,36 @@ def parse_filter(values: Mapping[str, Any], *, prefix: str = "") -> RequestFilte
         raise _bad(prefix + "from", "must not be after 'to'")
     return RequestFilter(q=q.strip() or None if isinstance(q, str) else None, status=status or None,
                          actor=actor or None, since=since_t, until=until_t)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """One listing request: the filter, the page size and where the page starts (a cursor of ours, or None)."""
+
+    filter: RequestFilter
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+
+def parse_search_query(pairs: Iterable[tuple[str, str]]) -> SearchQuery:
+    """`?q, status, actor, from, to, limit, cursor` as (name, value) pairs in order; 422 names every unknown or
+    repeated parameter, a limit that is not 1-500 in ASCII digits, and the first bad filter field."""
+    values: dict[str, str] = {}
+    repeated: set[str] = set()
+    for name, value in pairs:
+        if name in values:
+            repeated.add(name)
+        values[name] = value
+    unknown = sorted(set(values) - SEARCH_PARAMS)
+    if unknown or repeated:
+        raise InvalidInput("unknown or repeated query parameter",
+                           details=[{"field": f, "message": "unknown"} for f in unknown]
+                           + [{"field": f, "message": "given more than once"} for f in sorted(repeated)])
+    limit = values.get("limit", str(DEFAULT_LIMIT))
+    # str.isdigit() is true for "²" too: only a short run of ASCII digits is a number here.
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 4) or not 1 <= int(limit) <= MAX_LIMIT:
+        raise _bad("limit", f"1-{MAX_LIMIT}")
+    return SearchQuery(parse_filter(values), limit=int(limit), cursor=values.get("cursor") or None)
 
 
 def _cursor_key(deps: Deps) -> bytes:
@@ -168,7 +200,8 @@ _PATTERN = ("'%%' || replace(replace(replace(search_fold(%(q)s), '\\', '\\\\'), 
             " || '%%'")
 
 
-async def search_requests(deps: Deps, flt: RequestFilter, *, limit: int, cursor: str | None) -> dict[str, Any]:
+async def search_requests(deps: Deps, flt: RequestFilter, *, limit: int = DEFAULT_LIMIT,
+                          cursor: str | None = None) -> dict[str, Any]:
     """`{items, next_cursor}`, newest first; next_cursor is null on the last page.
 
     With `q`, two plans in one statement, because PostgreSQL's estimate for `LIKE '%...%'` can be off by 1000x
@@ -178,8 +211,8 @@ async def search_requests(deps: Deps, flt: RequestFilter, *, limit: int, cursor:
     one-time filter) the trigram index answers, ordered by an expression the time index cannot serve, so the
     planner cannot choose the walk.
     """
-    if not 1 <= limit <= 500:
-        raise _bad("limit", "1-500")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _bad("limit", f"1-{MAX_LIMIT}")
     after = decode_cursor(deps, cursor) if cursor else None
     async with db.connection(deps.pool) as conn:
         where, params = await where_clause(conn, RequestFilter(None, flt.status, flt.actor, flt.since, flt.until))

@@ -1,17 +1,13 @@
 /* The panel's Accounts card: staff accounts (GET /api/admin/accounts), a new staff account
  * (POST /api/admin/accounts) and "Send welcome again" (POST /api/admin/accounts/{id}/welcome: a new link, the old
  * ones dead). Loads when the panel is shown (app.js un-hides #panel once the token works) and after each change.
- * Uses the tab's token that app.js keeps in sessionStorage. Strict CSP: no inline code, no style attributes. */
+ * Calls the API through session.js with the tab's token. Strict CSP: no inline code, no style attributes. */
 (function () {
   "use strict";
 
-  var TOKEN_KEY = "provisioner.adminToken";
+  var session = window.ProvisionerSession;
 
   function $(id) { return document.getElementById(id); }
-
-  function token() {
-    try { return window.sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
-  }
 
   function say(kind, text) {
     var node = $("accounts-msg");
@@ -20,27 +16,7 @@
     node.hidden = !text;
   }
 
-  function api(method, path, body) {
-    var init = { method: method, cache: "no-store", credentials: "omit",
-                 headers: { "Accept": "application/json", "Authorization": "Bearer " + token() } };
-    if (body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    return fetch(path, init).then(function (res) {
-      return res.json().catch(function () { return {}; }).then(function (data) {
-        if (!res.ok) {
-          var err = (data && data.error) || {};
-          var detail = err.details && err.details[0] && err.details[0].field ?
-            " (" + err.details[0].field + ": " + err.details[0].message + ")" : "";
-          var error = new Error((err.message || "request failed") + detail + " [HTTP " + res.status + "]");
-          error.status = res.status;
-          throw error;
-        }
-        return data;
-      });
-    });
-  }
+  function api(method, path, body) { return session.request(path, { method: method, json: body }); }
 
   function when(iso) {
     if (!iso) { return "—"; }
@@ -80,9 +56,9 @@
   }
 
   function load() {
-    if (!token()) { return Promise.resolve(); }
+    if (!session.token()) { return Promise.resolve(); }
     return api("GET", "/api/admin/accounts").then(function (data) { render(data.items || []); }, function (err) {
-      say("bad", "Could not load the accounts: " + err.message);
+      say("bad", "Could not load the accounts: " + session.describe(err));
     });
   }
 
@@ -95,7 +71,7 @@
       say("ok", "Welcome email " + (data.email === "sent" ? "sent" : "queued") + " to " + account.email + "; " +
           data.links_revoked + " older link(s) revoked.");
     }, function (err) {
-      say("bad", "Could not send the welcome email: " + err.message);
+      say("bad", "Could not send the welcome email: " + session.describe(err));
     }).finally(function () { button.disabled = false; });
   }
 
@@ -117,7 +93,7 @@
       $("account-name").value = "";
       return load();
     }, function (err) {
-      say("bad", "Could not create the account: " + err.message);
+      say("bad", "Could not create the account: " + session.describe(err));
     }).finally(function () { $("account-create").disabled = false; });
   }
 

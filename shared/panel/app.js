@@ -17,7 +17,6 @@
   var MAX_LOGS = 200;
   var FIRST_LOGS = 50;
   var INCREMENTAL_LOGS = 200;
-  var FETCH_TIMEOUT_MS = 10000;
   var STALE_AFTER_S = 3;
 
   // effective_reason in words: the state, and "because ..." for the fallback explanations.
@@ -43,7 +42,6 @@
     again: false,
     lastOk: null,
     lastAttempt: null,
-    clockSkewMs: 0,
     mode: null,
     olderModeSince: null,
     authPending: null,
@@ -97,7 +95,7 @@
     return Math.round(n * 1000);
   }
 
-  function now() { return Date.now() + S.clockSkewMs; }
+  function now() { return Date.now() + window.ProvisionerSession.clockSkewMs(); }
 
   function pad(n) { return (n < 10 ? "0" : "") + n; }
 
@@ -134,58 +132,13 @@
     return Number(n).toLocaleString("en-US");
   }
 
-  // ------------------------------------------------------------------ API
+  // ------------------------------------------------------------------ API and session (session.js)
 
-  function ApiError(status, code, message, details) {
-    this.status = status;
-    this.code = code;
-    this.message = message;
-    this.details = details;
-  }
+  var session = window.ProvisionerSession;
+  var describeError = session.describe;
+  var isAuthError = session.isAuthError;
 
-  function api(path, options) {
-    options = options || {};
-    var controller = new AbortController();
-    var timer = setTimeout(function () { controller.abort(); }, FETCH_TIMEOUT_MS);
-    var headers = { "Accept": "application/json", "Authorization": "Bearer " + S.token };
-    var init = { method: options.method || "GET", headers: headers, cache: "no-store", credentials: "omit",
-                 signal: controller.signal };
-    if (options.body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(options.body);
-    }
-    return fetch(path, init).then(function (res) {
-      clearTimeout(timer);
-      var date = res.headers.get("Date");
-      if (date) {
-        var server = new Date(date).getTime();
-        if (!isNaN(server)) { S.clockSkewMs = Math.abs(server - Date.now()) > 2000 ? server - Date.now() : 0; }
-      }
-      return res.text().then(function (text) {
-        var body = null;
-        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
-        if (!res.ok) {
-          var err = (body && body.error) || {};
-          throw new ApiError(res.status, err.code || "http_" + res.status,
-                             err.message || res.statusText || "HTTP " + res.status, err.details);
-        }
-        return body;
-      });
-    }, function (e) {
-      clearTimeout(timer);
-      throw new ApiError(0, "network", e && e.name === "AbortError"
-        ? "the server did not answer within " + (FETCH_TIMEOUT_MS / 1000) + " s"
-        : "the server could not be reached");
-    });
-  }
-
-  function describeError(err) {
-    if (!(err instanceof ApiError)) { return String(err && err.message || err); }
-    if (err.status === 0) { return err.message; }
-    return err.message + " (" + err.status + (err.code ? " " + err.code : "") + ")";
-  }
-
-  function isAuthError(err) { return err instanceof ApiError && (err.status === 401 || err.status === 403); }
+  var api = session.request;
 
   function authMessage(err) {
     if (err.status === 403) {
@@ -195,32 +148,13 @@
     return "The token was refused (401): it is missing, expired or invalid. Paste a fresh admin token.";
   }
 
-  // ------------------------------------------------------------------ session
-
-  function storeToken(token) {
-    S.token = token;
-    window.ProvisionerSession.store(token);
-  }
-
-  function forgetToken() {
-    S.token = null;
-    window.ProvisionerSession.forget();
-  }
-
   function signIn(token) {
-    token = window.ProvisionerSession.clean(token);
-    if (!token) {
-      showAuthMessage("Paste an admin token first.");
-      $("token-input").focus();
-      return;
-    }
-    storeToken(token);
+    if (!session.accept(token, "Paste an admin token first.")) { return; }
+    S.token = session.token();
     S.generation += 1;
     S.signedIn = false;
     S.inFlight = false;
     S.again = false;
-    setText("signin-status", "Checking the token…");
-    $("signin-btn").disabled = true;
     refreshAll();
   }
 
@@ -229,7 +163,7 @@
   function signOut(message) {
     S.authPending = null;
     S.generation += 1;
-    forgetToken();
+    S.token = null;
     stopTimer();
     S.signedIn = false;
     S.inFlight = false;
@@ -237,31 +171,12 @@
     closeDialog($("mode-dialog"));
     closeDialog($("retry-dialog"));
     clearData();
-    show("panel", false);
-    show("session-controls", false);
-    show("signin", true);
-    $("signin-btn").disabled = false;
-    setText("signin-status", "");
-    if (message) { showAuthMessage(message); } else { show("auth-msg", false); }
-    $("token-input").value = "";
-    $("token-input").focus();
-  }
-
-  function showAuthMessage(text) {
-    var node = $("auth-msg");
-    node.textContent = text;
-    show(node, true);
+    session.showSignIn("panel", message);
   }
 
   function enterPanel() {
     S.signedIn = true;
-    show("signin", false);
-    show("auth-msg", false);
-    $("signin-btn").disabled = false;
-    $("signin-status").textContent = "";
-    $("token-input").value = "";
-    show("panel", true);
-    show("session-controls", true);
+    session.showPage("panel");
     updatePauseButton();
   }
 
@@ -366,7 +281,7 @@
           // Nothing answered: we cannot tell whether the token works. Say so on the sign-in form.
           $("signin-btn").disabled = false;
           setText("signin-status", "");
-          showAuthMessage("Could not load the panel: " + describeError(failures[0][1]) + ". Try again.");
+          session.showAuthMessage("Could not load the panel: " + describeError(failures[0][1]) + ". Try again.");
           return;
         }
         enterPanel();
@@ -627,7 +542,7 @@
     var body = { mode: target.mode, reason: reasonField.value.trim(), expected_version: target.version };
     var revert = $("mode-revert") ? $("mode-revert").value : "";
     if (revert) { body.revert_after_s = Number(revert); }
-    api("/api/admin/system/mode", { method: "POST", body: body })
+    api("/api/admin/system/mode", { method: "POST", json: body })
       .then(function (state) {
         if (gen !== S.generation) { return; }
         acceptMode(state);
@@ -1013,7 +928,7 @@
     var gen = S.generation;
     var item = S.failedItems.get(id);
     api("/api/admin/requests/" + encodeURIComponent(id) + "/retry", { method: "POST",
-                                                                     body: { reason: field.value.trim() } })
+                                                                     json: { reason: field.value.trim() } })
       .then(function (res) {
         if (gen !== S.generation) { return; }
         field.value = "";
@@ -1047,11 +962,6 @@
   // ------------------------------------------------------------------ wiring
 
   function init() {
-    $("signin-form").addEventListener("submit", function (ev) {
-      ev.preventDefault();
-      signIn($("token-input").value);
-    });
-    $("signout-btn").addEventListener("click", function () { signOut(null); });
     $("pause-btn").addEventListener("click", function () {
       S.paused = !S.paused;
       updatePauseButton();
@@ -1103,8 +1013,7 @@
       if (S.signedIn && S.mode) { renderSwitch(); }
     }, 1000);
 
-    var token = window.ProvisionerSession.initial();
-    if (token) { signIn(token); } else { $("token-input").focus(); }
+    session.start(signIn, signOut);
     // signin.js (email + password) hands the token it gets to the same sign-in path as a pasted one.
     window.provisionerPanel = { signIn: signIn };
   }

@@ -2,14 +2,13 @@
  * retry (filter -> dry-run numbers -> confirm with a reason -> progress), the audit trail, the runtime limits
  * form, and the kill switch's countdown / in-flight preview.
  *
- * Same rules as app.js: plain JS under a strict CSP (no inline script or style), the token from this tab's
- * sessionStorage (app.js signs in), every visual state a class or `hidden`. A viewer (role in the token) sees
- * no action: the body gets `role-viewer` and every `.admin-only` control is hidden (the server refuses anyway).
+ * Same rules as app.js: plain JS under a strict CSP (no inline script or style), the tab's token and every API
+ * call through session.js (app.js signs in), every visual state a class or `hidden`. A viewer (role in the token)
+ * sees no action: the body gets `role-viewer` and every `.admin-only` control is hidden (the server refuses anyway).
  */
 (function () {
   "use strict";
 
-  var TOKEN_KEY = "provisioner.adminToken";
   var REFRESH_MS = 5000;
   var C = { started: false, token: null, role: null, cursor: null, filter: {}, auditOldest: null, auditPaged: false,
             mode: null, limits: null, bulkFilter: null, progressTimer: null, countdownTimer: null,
@@ -41,39 +40,10 @@
     return (h ? h + " h " : "") + (h || m ? m + " min " : "") + (s % 60) + " s";
   }
 
-  function roleOf(token) {
-    try {
-      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      var claims = JSON.parse(window.atob(part + "===".slice((part.length + 3) % 4)));
-      return (claims.app_metadata && claims.app_metadata.role) || null;
-    } catch (e) {
-      return null;
-    }
-  }
+  var session = window.ProvisionerSession;
 
-  function api(path, options) {
-    options = options || {};
-    var headers = { "Accept": "application/json", "Authorization": "Bearer " + C.token };
-    var init = { method: options.method || "GET", headers: headers, cache: "no-store", credentials: "omit" };
-    if (options.body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(options.body);
-    }
-    return fetch(path, init).then(function (res) {
-      return res.text().then(function (text) {
-        var body = null;
-        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
-        if (!res.ok) {
-          var err = (body && body.error) || {};
-          var error = new Error((err.message || "HTTP " + res.status) + " (" + res.status + ")");
-          error.status = res.status;
-          error.details = err.details;
-          throw error;
-        }
-        return { status: res.status, body: body };
-      });
-    });
-  }
+  var api = session.request;
+
 
   function message(id, kind, text) {
     var node = $(id);
@@ -93,12 +63,11 @@
   // ------------------------------------------------------------------ start / stop with app.js's session
 
   function watchSession() {
-    var token = null;
-    try { token = window.sessionStorage.getItem(TOKEN_KEY); } catch (e) { token = null; }
+    var token = session.token();
     var signedIn = token && !$("panel").hidden;
     if (signedIn && (!C.started || token !== C.token)) {
       C.token = token;
-      C.role = roleOf(token);
+      C.role = session.roleOf(token);
       document.body.classList.toggle("role-viewer", C.role !== "admin");
       C.started = true;
       search(false);
@@ -115,8 +84,8 @@
 
   function refresh() {
     if (!C.started) { return; }
-    api("/api/admin/system/mode").then(function (r) { C.mode = r.body; renderCountdown(); }, function () {});
-    api("/api/admin/system/limits").then(function (r) { renderLimits(r.body); }, function () {});
+    api("/api/admin/system/mode").then(function (r) { C.mode = r; renderCountdown(); }, function () {});
+    api("/api/admin/system/limits").then(function (r) { renderLimits(r); }, function () {});
     if (!C.auditPaged) { loadAudit(false); }
   }
 
@@ -146,15 +115,15 @@
       $("req-msg").hidden = true;
       var body = $("req-rows");
       if (!more) { body.textContent = ""; }
-      r.body.items.forEach(function (item) { body.appendChild(requestRow(item)); });
-      C.cursor = r.body.next_cursor;
+      r.items.forEach(function (item) { body.appendChild(requestRow(item)); });
+      C.cursor = r.next_cursor;
       $("req-more").hidden = !C.cursor;
       $("req-more").disabled = false;
       var n = body.children.length;
       $("req-count").textContent = n ? n + (C.cursor ? "+" : "") + " shown" : "No request matches.";
       $("req-bulk").disabled = n === 0;
     }, function (err) {
-      message("req-msg", "bad", "Search failed: " + err.message);
+      message("req-msg", "bad", "Search failed: " + session.describe(err));
       $("req-more").disabled = false;
     });
   }
@@ -211,10 +180,10 @@
     openDialog(drawer);
     $("drawer-close").focus();
     api("/api/admin/requests/" + encodeURIComponent(id)).then(function (r) {
-      var req = r.body.request;
+      var req = r.request;
       var facts = $("drawer-facts");
       [["Email", req.email], ["Name", req.full_name], ["Status", req.status], ["Mode", req.mode],
-       ["Caller", req.actor], ["Attempts", String(req.attempts)], ["Trace", r.body.trace_id || "–"]]
+       ["Caller", req.actor], ["Attempts", String(req.attempts)], ["Trace", r.trace_id || "–"]]
         .forEach(function (pair) {
           var row = el("div");
           row.appendChild(el("dt", null, pair[0]));
@@ -222,7 +191,7 @@
           facts.appendChild(row);
         });
       var list = $("drawer-timeline");
-      r.body.timeline.forEach(function (step) {
+      r.timeline.forEach(function (step) {
         var li = el("li", "step step-" + step.kind);
         var time = el("time", "step-at", fmtTime(step.at));
         time.dateTime = step.at;
@@ -232,7 +201,7 @@
         list.appendChild(li);
       });
     }, function (err) {
-      message("drawer-msg", "bad", "Could not load the request: " + err.message);
+      message("drawer-msg", "bad", "Could not load the request: " + session.describe(err));
     });
   }
 
@@ -249,10 +218,10 @@
     $("bulk-confirm").disabled = true;
     openDialog($("bulk-dialog"));
     $("bulk-reason").focus();
-    api("/api/admin/requests/retry", { method: "POST", body: { filter: C.bulkFilter, reason: "dry run",
+    api("/api/admin/requests/retry", { method: "POST", json: { filter: C.bulkFilter, reason: "dry run",
                                                               dry_run: true } })
       .then(function (r) {
-        var n = r.body;
+        var n = r;
         var dl = $("bulk-numbers");
         dl.textContent = "";
         [["Match", n.matched], ["Would be retried", n.would_retry], ["Already have an account", n.already_created],
@@ -266,7 +235,7 @@
         $("bulk-confirm").textContent = "Retry " + n.would_retry + " request" + (n.would_retry === 1 ? "" : "s");
       }, function (err) {
         $("bulk-numbers").textContent = "";
-        $("bulk-error").textContent = "Dry run refused: " + err.message;
+        $("bulk-error").textContent = "Dry run refused: " + session.describe(err);
       });
   }
 
@@ -281,16 +250,16 @@
     }
     $("bulk-reason").removeAttribute("aria-invalid");
     $("bulk-confirm").disabled = true;
-    api("/api/admin/requests/retry", { method: "POST", body: { filter: C.bulkFilter, reason: reason } })
+    api("/api/admin/requests/retry", { method: "POST", json: { filter: C.bulkFilter, reason: reason } })
       .then(function (r) {
         closeDialog($("bulk-dialog"));
         $("bulk-reason").value = "";
-        message("req-msg", "ok", "Retried " + r.body.retried + ", skipped " + r.body.skipped + ".");
-        watchProgress(r.body.retried);
+        message("req-msg", "ok", "Retried " + r.retried + ", skipped " + r.skipped + ".");
+        watchProgress(r.retried);
         loadAudit(false);
       }, function (err) {
         $("bulk-confirm").disabled = false;
-        $("bulk-error").textContent = "Not retried: " + err.message;
+        $("bulk-error").textContent = "Not retried: " + session.describe(err);
       });
   }
 
@@ -301,7 +270,7 @@
     if (!retried) { return; }
     function poll() {
       api("/api/admin/system/metrics").then(function (r) {
-        var t = r.body.totals || {};
+        var t = r.totals || {};
         node.textContent = "Bulk retry progress: " + (t.pending || 0) + " pending, " + (t.created || 0) +
           " created, " + (t.failed || 0) + " failed (all requests).";
         if (!t.pending) {
@@ -325,7 +294,7 @@
     api("/api/admin/audit?" + params.toString()).then(function (r) {
       var body = $("audit-rows");
       if (!older) { body.textContent = ""; }
-      r.body.items.forEach(function (item) {
+      r.items.forEach(function (item) {
         var tr = el("tr");
         var change = (item.before ? JSON.stringify(item.before) : "–") + " → " +
           (item.after ? JSON.stringify(item.after) : "–");
@@ -335,10 +304,10 @@
         body.appendChild(tr);
         C.auditOldest = item.id;
       });
-      $("audit-more").hidden = r.body.items.length < 20;
+      $("audit-more").hidden = r.items.length < 20;
       $("audit-empty").hidden = body.children.length > 0;
     }, function (err) {
-      message("audit-msg", "bad", "Audit trail unavailable: " + err.message);
+      message("audit-msg", "bad", "Audit trail unavailable: " + session.describe(err));
     });
   }
 
@@ -365,11 +334,11 @@
                  concurrency: Number($("lim-conc").value), reason: $("lim-reason").value.trim(),
                  expected_version: C.limits.version };
     $("lim-save").disabled = true;
-    api("/api/admin/system/limits", { method: "POST", body: body }).then(function (r) {
+    api("/api/admin/system/limits", { method: "POST", json: body }).then(function (r) {
       $("lim-save").disabled = false;
       $("lim-reason").value = "";
-      renderLimits(r.body);
-      message("lim-msg", "ok", "Saved (version " + r.body.version + "); consumers follow within 2 s.");
+      renderLimits(r);
+      message("lim-msg", "ok", "Saved (version " + r.version + "); consumers follow within 2 s.");
       loadAudit(false);
     }, function (err) {
       $("lim-save").disabled = false;
@@ -397,8 +366,8 @@
     var node = $("mode-preview");
     node.textContent = "Counting the work in flight…";
     api("/api/admin/system/metrics").then(function (r) {
-      var q = r.body.queue;
-      var toSync = r.body.mode !== "sync_direct";
+      var q = r.queue;
+      var toSync = r.mode !== "sync_direct";
       if (!q) {
         node.textContent = "Redis is unavailable: the queue cannot be counted. " +
           (toSync ? "New requests will be created directly." : "");

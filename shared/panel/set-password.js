@@ -39,36 +39,26 @@
     }
     fieldError("");
     $("setpw-btn").disabled = true;
-    fetch("/api/account/password", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "Accept": "application/json" },
-      body: JSON.stringify({ token: token, password: password }),
-      credentials: "omit",
-      cache: "no-store"
-    }).then(function (res) {
-      if (res.status === 204) {
-        finish("ok", "Your password is set. You can sign in now.");
-        $("setpw-done").hidden = false;
-        return null;
+    window.ProvisionerSession.request("/api/account/password", {
+      method: "POST", json: { token: token, password: password }, anonymous: true
+    }).then(function () {
+      finish("ok", "Your password is set. You can sign in now.");
+      $("setpw-done").hidden = false;
+    }, function (err) {
+      if (err.status === 404) {
+        finish("bad", "This link is not valid. Check that you opened the whole link from the email.");
+      } else if (err.status === 410) {
+        finish("bad", "This link was used already or has expired. Ask for a new welcome email.");
+      } else if (err.status === 422) {
+        var detail = (err.details && err.details[0] && err.details[0].message) || err.message || "";
+        fieldError("Choose another password: " + detail);
+        $("setpw-password").focus();
+      } else if (err.status === 0) {
+        message("bad", "The server could not be reached. Check the connection and try again.");
+      } else {
+        message("bad", "The server could not set the password: " + window.ProvisionerSession.describe(err) +
+                ". Try again in a moment.");
       }
-      return res.json().catch(function () { return {}; }).then(function (body) {
-        var err = (body && body.error) || {};
-        if (res.status === 404) {
-          finish("bad", "This link is not valid. Check that you opened the whole link from the email.");
-        } else if (res.status === 410) {
-          finish("bad", "This link was used already or has expired. Ask for a new welcome email.");
-        } else if (res.status === 422) {
-          var detail = (err.details && err.details[0] && err.details[0].message) || err.message || "";
-          fieldError("Choose another password: " + detail);
-          $("setpw-password").focus();
-        } else {
-          message("bad", (err.message || "The server could not set the password") + " (HTTP " + res.status +
-                  "). Try again in a moment.");
-        }
-        return null;
-      });
-    }, function () {
-      message("bad", "The server could not be reached. Check the connection and try again.");
     }).finally(function () { $("setpw-btn").disabled = false; });
   }
 

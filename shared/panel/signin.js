@@ -14,17 +14,6 @@
     else { $("signin-password").removeAttribute("aria-invalid"); }
   }
 
-  // The role claim, read only to say early that an account may not use the panel (the API decides anyway).
-  function roleOf(token) {
-    try {
-      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      var claims = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
-      return (claims.app_metadata && claims.app_metadata.role) || "";
-    } catch (e) {
-      return "";
-    }
-  }
-
   function submit(ev) {
     ev.preventDefault();
     var email = $("signin-email").value.trim();
@@ -37,41 +26,31 @@
     fieldError("");
     $("password-btn").disabled = true;
     $("signin-status").textContent = "Signing in…";
-    fetch("/api/auth/sign-in", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "Accept": "application/json" },
-      body: JSON.stringify({ email: email, password: password }),
-      credentials: "omit",
-      cache: "no-store"
-    }).then(function (res) {
-      return res.json().catch(function () { return {}; }).then(function (body) {
-        $("signin-status").textContent = "";
-        if (res.status === 200 && body.access_token) {
-          $("signin-password").value = "";
-          var role = roleOf(body.access_token);
-          if (PANEL_ROLES.indexOf(role) < 0) {
-            fieldError("Signed in, but this account (role " + (role || "unknown") + ") may not use the " +
-                       "System Health panel.");
-            return;
-          }
-          window.provisionerPanel.signIn(body.access_token);
-          return;
-        }
-        var err = (body && body.error) || {};
-        if (res.status === 401) {
-          fieldError("The email address or the password is wrong.");
-          $("signin-password").focus();
-        } else if (res.status === 429) {
-          var wait = res.headers.get("Retry-After");
-          fieldError("Too many attempts. Try again in " + (wait ? Math.ceil(Number(wait) / 60) + " min" : "a while") +
-                     ".");
-        } else {
-          fieldError((err.message || "Sign-in failed") + " (HTTP " + res.status + ").");
-        }
-      });
-    }, function () {
+    var session = window.ProvisionerSession;
+    session.request("/api/auth/sign-in", { method: "POST", json: { email: email, password: password },
+                                           anonymous: true }).then(function (body) {
       $("signin-status").textContent = "";
-      fieldError("The server could not be reached. Check the connection and try again.");
+      $("signin-password").value = "";
+      var role = session.roleOf(body.access_token) || "";
+      if (PANEL_ROLES.indexOf(role) < 0) {
+        fieldError("Signed in, but this account (role " + (role || "unknown") + ") may not use the " +
+                   "System Health panel.");
+        return;
+      }
+      window.provisionerPanel.signIn(body.access_token);
+    }, function (err) {
+      $("signin-status").textContent = "";
+      if (err.status === 401) {
+        fieldError("The email address or the password is wrong.");
+        $("signin-password").focus();
+      } else if (err.status === 429) {
+        fieldError("Too many attempts. Try again in " +
+                   (err.retryAfter ? Math.ceil(Number(err.retryAfter) / 60) + " min" : "a while") + ".");
+      } else if (err.status === 0) {
+        fieldError("The server could not be reached. Check the connection and try again.");
+      } else {
+        fieldError("Sign-in failed: " + session.describe(err) + ".");
+      }
     }).finally(function () { $("password-btn").disabled = false; });
   }
 

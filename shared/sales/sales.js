@@ -9,7 +9,7 @@
   "use strict";
 
   var FIELDS = ["email", "full_name", "phone", "product"];
-  var FETCH_TIMEOUT_MS = 30000;
+  var UPLOAD_TIMEOUT_MS = 30000;  // a whole CSV goes up in one request
   var S = { token: null, timer: null, batches: {}, recent: {}, file: null, preview: null, sending: false,
             uploadKey: null, createKey: null };
 
@@ -35,41 +35,12 @@
     return prefix + Array.from(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
   }
 
-  // ------------------------------------------------------------------ API
+  // ------------------------------------------------------------------ API and session (session.js)
 
-  function ApiError(status, code, message, details) {
-    this.status = status;
-    this.code = code;
-    this.message = message;
-    this.details = details;
-  }
+  var session = window.ProvisionerSession;
 
   function request(path, options) {
-    options = options || {};
-    var controller = new AbortController();
-    var timer = setTimeout(function () { controller.abort(); }, FETCH_TIMEOUT_MS);
-    var headers = Object.assign({ "Accept": "application/json", "Authorization": "Bearer " + S.token },
-                                options.headers || {});
-    var init = { method: options.method || "GET", headers: headers, cache: "no-store", credentials: "omit",
-                 signal: controller.signal, body: options.body };
-    return fetch(path, init).then(function (res) {
-      clearTimeout(timer);
-      if (res.ok && options.raw) { return res.blob(); }
-      return res.text().then(function (text) {
-        var body = null;
-        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
-        if (!res.ok) {
-          var err = (body && body.error) || {};
-          throw new ApiError(res.status, err.code || "http_" + res.status,
-                             err.message || res.statusText || "HTTP " + res.status, err.details);
-        }
-        return body;
-      });
-    }, function (e) {
-      clearTimeout(timer);
-      throw new ApiError(0, "network", e && e.name === "AbortError" ? "the server did not answer in time"
-                                                                     : "the server could not be reached");
-    });
+    return session.request(path, Object.assign({ timeoutMs: UPLOAD_TIMEOUT_MS }, options || {}));
   }
 
   function authProblem(err) {
@@ -84,60 +55,31 @@
     return false;
   }
 
-  // ------------------------------------------------------------------ session
-
   function signIn(token) {
-    token = window.ProvisionerSession.clean(token);
-    if (!token) {
-      showAuthMessage("Paste a token first.");
-      $("token-input").focus();
-      return;
-    }
-    S.token = token;
-    window.ProvisionerSession.store(token);
-    setText("signin-status", "Checking the token…");
-    $("signin-btn").disabled = true;
+    if (!session.accept(token, "Paste a token first.")) { return; }
+    S.token = session.token();
     request("/api/users/requests?limit=1").then(function () {
       enterDesk();
     }, function (err) {
       $("signin-btn").disabled = false;
       setText("signin-status", "");
-      if (!authProblem(err)) { showAuthMessage("Could not check the token: " + err.message); }
+      if (!authProblem(err)) { session.showAuthMessage("Could not check the token: " + err.message); }
     });
   }
 
   function signOut(message) {
     S.token = null;
-    window.ProvisionerSession.forget();
     clearInterval(S.timer);
     S.timer = null;
     S.batches = {};
     S.recent = {};
     $("batch-list").textContent = "";
     $("recent-rows").textContent = "";
-    show("desk", false);
-    show("session-controls", false);
-    show("signin", true);
-    $("signin-btn").disabled = false;
-    setText("signin-status", "");
-    if (message) { showAuthMessage(message); } else { show("auth-msg", false); }
-    $("token-input").value = "";
-    $("token-input").focus();
-  }
-
-  function showAuthMessage(text) {
-    setText("auth-msg", text);
-    show("auth-msg", true);
+    session.showSignIn("desk", message);
   }
 
   function enterDesk() {
-    show("signin", false);
-    show("auth-msg", false);
-    $("signin-btn").disabled = false;
-    setText("signin-status", "");
-    $("token-input").value = "";
-    show("desk", true);
-    show("session-controls", true);
+    session.showPage("desk");
     refreshLists();
     S.timer = setInterval(refreshLists, refreshSeconds() * 1000);
     $("f-email").focus();
@@ -179,8 +121,7 @@
     });
     var key = S.createKey || (S.createKey = randomKey("desk-"));  // a retried click is the same request
     $("create-btn").disabled = true;
-    request("/api/users", { method: "POST", body: JSON.stringify(body),
-                            headers: { "Content-Type": "application/json", "Idempotency-Key": key } })
+    request("/api/users", { method: "POST", json: body, headers: { "Idempotency-Key": key } })
       .then(function (answer) {
         S.createKey = null;
         $("create-form").reset();
@@ -413,11 +354,6 @@
   // ------------------------------------------------------------------ start
 
   function init() {
-    $("signin-form").addEventListener("submit", function (event) {
-      event.preventDefault();
-      signIn($("token-input").value);
-    });
-    $("signout-btn").addEventListener("click", function () { signOut(null); });
     $("create-form").addEventListener("submit", createUser);
     FIELDS.forEach(function (name) {
       $("f-" + name).addEventListener("input", function () { S.createKey = null; });
@@ -425,8 +361,7 @@
     $("file-input").addEventListener("change", previewFile);
     $("send-btn").addEventListener("click", sendFile);
     $("clear-btn").addEventListener("click", function () { resetUpload(); $("file-input").focus(); });
-    var token = window.ProvisionerSession.initial();
-    if (token) { signIn(token); } else { $("token-input").focus(); }
+    session.start(signIn, signOut);
   }
 
   if (document.readyState === "loading") {

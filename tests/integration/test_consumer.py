@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from shared.creation.creation import create_user_request
 from shared.creation.models import CreateUserCommand
 from tests.conftest import wait_until
 from tests.support.processes import ConsumerProcess
+from tests.support.proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 SALES = Principal("sales-1", Role.SALES_MANAGER)
@@ -160,6 +162,53 @@ async def test_sigkill_mid_job_completes_once_on_another_consumer(deps, consumer
     assert len(sent) == 1
     consumers_used = {r["consumer"] for r in db.execute("SELECT consumer FROM creation_attempts")}
     assert len(consumers_used) == 2
+
+
+async def test_killed_after_the_creation_committed_the_redelivery_sends_the_email_at_once(deps, consumers, stack,
+                                                                                          tmp_path, db, figures):
+    """The window between the creation's commit and the email's record: the first consumer's SES is a black hole
+    (its request reaches the proxy, no answer comes), so it is SIGKILLed while it waits on SES, its user committed
+    and its welcome email claimed (leased) but not recorded. The job's redelivery, on a second consumer, takes the
+    unrecorded claim over and sends the email: once, and before the first claim's lease ends (the periodic pass
+    would only send it after that)."""
+    target = urlsplit(stack.ses_url)
+    ses = await FaultProxy(target.hostname, target.port).start()
+    ses.set_mode("blackhole")
+    try:
+        doomed = await asyncio.to_thread(start_consumer, consumers, stack, tmp_path,
+                                         env={**FAST_RECOVERY, "AWS_ENDPOINT_URL_SES": f"http://127.0.0.1:{ses.port}"})
+        address = "window-kill@example.com"
+        [request_id] = await submit(deps, [address])
+        claim = await wait_until(lambda: db.execute(
+            "SELECT o.claimed_by, o.next_attempt_at, o.status, o.attempts FROM email_outbox o"
+            " JOIN users u ON u.id = o.user_id WHERE u.email = %s", (address,)).fetchone(), timeout=15)
+        await wait_until(lambda: ses.bytes_from_clients > 0, timeout=15)  # its SES request is on the wire
+        doomed.signal(signal.SIGKILL)
+        killed_at = db.execute("SELECT now() AS t").fetchone()["t"]
+        doomed.wait(5)
+    finally:
+        await ses.stop()
+    # Killed inside the window: the user and its claimed outbox row committed, no email recorded or accepted.
+    assert claim["status"] == "pending" and claim["attempts"] == 0 and claim["claimed_by"] is not None
+    assert statuses(db, [request_id]) == {request_id: "created"}
+    assert [m for m in stack.ses.sent_messages() if m["to"] == [address]] == []
+    first_lease_ends = claim["next_attempt_at"]
+    assert (first_lease_ends - killed_at).total_seconds() > 5  # the lease had seconds to run at the kill
+
+    start_consumer(consumers, stack, tmp_path, env=FAST_RECOVERY)
+    sent = await wait_until(lambda: db.execute(
+        "SELECT o.sent_at, o.claimed_by, o.attempts FROM email_outbox o JOIN users u ON u.id = o.user_id"
+        " WHERE u.email = %s AND o.status = 'sent'", (address,)).fetchone(), timeout=30)
+    figures(email_sent_after_kill_s=round((sent["sent_at"] - killed_at).total_seconds(), 2),
+            first_claim_lease_left_at_kill_s=round((first_lease_ends - killed_at).total_seconds(), 2))
+    assert sent["sent_at"] < first_lease_ends  # the redelivery sent it: no wait for the lease
+    attempts = db.execute("SELECT id, consumer, outcome FROM creation_attempts WHERE request_id = %s ORDER BY id",
+                          (request_id,)).fetchall()
+    assert [a["outcome"] for a in attempts] == ["created", "already_done"]
+    assert attempts[0]["id"] == claim["claimed_by"] and sent["claimed_by"] == attempts[1]["id"]  # taken over
+    assert sent["attempts"] == 1
+    assert len([m for m in stack.ses.sent_messages() if m["to"] == [address]]) == 1
+    assert db.execute("SELECT count(*) AS n FROM users WHERE email = %s", (address,)).fetchone()["n"] == 1
 
 
 async def test_redis_restarted_empty_after_202_still_ends_created_once(deps_factory, deps, consumers, stack, tmp_path,

@@ -6,6 +6,10 @@ frontend message is a type byte and a length. A round trip is a message the clie
 query: one statement or a script) or 'S' (Sync: the end of an extended-protocol Parse/Bind/Execute batch, which
 is what psycopg sends for a statement with parameters). Pipelined statements each end with their own Sync, so
 they count one each, as the server sees them.
+
+Each round trip is also recorded with the statement it ran (`trips`: the text of the 'Q', of the last Parse, or
+of the named prepared statement the last Bind refers to, known from its Parse on that connection), so a test can
+tell a periodic poll from a job's own work.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class CountingPgProxy:
         self.port = 0
         self.round_trips = 0
         self.statements: list[str] = []
+        self.trips: list[str] = []  # one entry a round trip: the statement's first 100 characters
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -72,14 +77,30 @@ class CountingPgProxy:
                 await writer.drain()
                 if code not in _NO_TYPE_CODES:
                     break
+            prepared: dict[bytes, str] = {}  # this connection's named statements: name -> text
+            pending = ""  # the statement of the extended-protocol batch the next Sync ends
             while True:
                 head = await reader.readexactly(5)
                 (length,) = struct.unpack("!i", head[1:])
                 body = await reader.readexactly(length - 4)
-                if head[:1] in (b"Q", b"S"):
+                kind = head[:1]
+                if kind == b"Q":
+                    text = body[:100].decode(errors="replace")
+                    self.statements.append(text)
+                    self.trips.append(text)
                     self.round_trips += 1
-                if head[:1] in (b"Q", b"P"):  # the statement's text, for a failure message
+                elif kind == b"P":  # Parse: name \0 query \0 ...
+                    name, _, rest = body.partition(b"\0")
+                    pending = rest.partition(b"\0")[0].decode(errors="replace")
+                    prepared[name] = pending
                     self.statements.append(body[:100].decode(errors="replace"))
+                elif kind == b"B":  # Bind: portal \0 statement \0 ...
+                    name = body.partition(b"\0")[2].partition(b"\0")[0]
+                    pending = prepared.get(name, pending)
+                elif kind == b"S":
+                    self.trips.append(pending[:100])
+                    self.round_trips += 1
+                    pending = ""
                 writer.write(head + body)
                 await writer.drain()
 

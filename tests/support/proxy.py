@@ -27,6 +27,7 @@ class FaultProxy:
         self.mode: Mode = "pass"
         self.delay_s = 0.0
         self.port = 0
+        self.bytes_from_clients = 0  # what clients sent, forwarded or not: a request reached the proxy
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -63,8 +64,8 @@ class FaultProxy:
         self._writers.add(writer)
         if mode == "blackhole":
             with contextlib.suppress(ConnectionError, asyncio.CancelledError, OSError):
-                while await reader.read(65536):
-                    pass
+                while data := await reader.read(65536):
+                    self.bytes_from_clients += len(data)
             writer.close()
             return
         try:
@@ -77,6 +78,8 @@ class FaultProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
             with contextlib.suppress(ConnectionError, asyncio.CancelledError, OSError):
                 while data := await src.read(65536):
+                    if not replies:
+                        self.bytes_from_clients += len(data)
                     current = self.mode
                     if current in ("refuse", "reset"):
                         break

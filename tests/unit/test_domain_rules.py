@@ -33,13 +33,41 @@ def test_case_and_full_width_variants_share_one_key(address):
     assert normalize_email(wide) == normalize_email(address.upper()) == normalize_email(address)
 
 
+# (as typed, the uniqueness key): concrete values, so a change of the rule (no NFKC, no casefold, no strip, a
+# lower() instead of casefold()) shows here, not only in a comparison of the rule with itself.
+SAME_PERSON = [
+    ("alice@example.com", "alice@example.com"),
+    ("ALICE@EXAMPLE.COM", "alice@example.com"),
+    ("\uff21lice@Example.com", "alice@example.com"),        # full-width A
+    ("  Alice@example.com ", "alice@example.com"),
+    ("Stra\u00dfe@example.com", "strasse@example.com"),     # casefold, not lower(): ß is ss
+    ("STRASSE@example.com", "strasse@example.com"),
+    ("\u01c5@example.com", "d\u017e@example.com"),           # the one-letter digraph Dž: two letters
+    ("\u01f0AN@example.com", "\u01f0an@example.com"),         # casefold splits ǰ into j + caron; NFKC rejoins
+]
+OTHER_PEOPLE = ["alice@example.com", "alice2@example.com", "alice@example.org", "al.ice@example.com",
+                "alice@ex\u00e4mple.com", "bob@example.com", "alice+x@example.com"]
+
+
+@pytest.mark.parametrize(("typed", "key"), SAME_PERSON)
+def test_accepted_addresses_keep_their_identity(typed, key):
+    assert normalize_email(typed) == key
+    assert CreateUserCommand(email=typed, full_name="X").email_normalized == key
+
+
+def test_distinct_addresses_stay_distinct():
+    keys = [CreateUserCommand(email=a, full_name="X").email_normalized for a in OTHER_PEOPLE]
+    assert keys == OTHER_PEOPLE  # already normal: each keeps its own key, none merged with another
+
+
 @given(st.emails())
-def test_accepted_addresses_keep_their_identity(address):
+def test_an_ascii_address_is_keyed_by_its_lower_case(address):
     try:
         command = CreateUserCommand(email=address, full_name="X")
     except ValidationError:
         return
-    assert command.email_normalized == normalize_email(command.email)
+    # For ASCII, NFKC changes nothing and casefold is lower(): an oracle independent of normalize_email.
+    assert command.email_normalized == command.email.lower()
 
 
 def test_body_hash_ignores_address_case_but_not_other_fields():
