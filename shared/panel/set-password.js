@@ -1,6 +1,7 @@
 /* The set-password page: reads the one-time token from the link's fragment (#token=, which a browser never sends
  * to a server, so no request log holds it; the older ?token= form of emails already sent still works), removes
- * it from the address bar, and posts it with the chosen password to POST /api/account/password. Served under the panel's strict CSP (no inline code).
+ * it from the address bar, and posts it with the chosen password to POST /api/account/password. Served under the
+ * panel's strict CSP (no inline code).
  * The page learns nothing about the token until the holder submits: 404 unknown, 410 used or expired. */
 (function () {
   "use strict";
