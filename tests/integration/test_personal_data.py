@@ -4,7 +4,11 @@ consumer process; the scan is `invoke pii-scan`'s (shared/operations/pii_scan.py
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -23,6 +27,7 @@ from tests.integration.test_consumer import all_done, start_consumer, trap  # no
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "violet-harbour-trombone-42"
 # The person erased, and a bystander whose data must stay.
 ERASED = {"email": "Priya.Erasmus-Quell@example.com", "full_name": "Priya Erasmus-Quell", "phone": "+44 20 7946 0321"}
@@ -230,3 +235,34 @@ async def test_retention_strips_old_finished_requests_cells_outbox_and_events_an
     again = await run_cleanup(cleaner, actor="scheduler")
     assert again["pii_redacted"] == {"requests": 0, "batches": 0, "outbox": 0, "events": 0}
 
+
+
+def pii_scan_task(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`invoke pii-scan` as an operator types it, against this run's PostgreSQL and Redis."""
+    return subprocess.run([sys.executable, "-m", "invoke", "pii-scan", *args], cwd=ROOT,
+                          env={**os.environ, **stack.env()}, capture_output=True, text=True, timeout=120, check=False)
+
+
+async def test_invoke_pii_scan_prints_each_find_and_exits_1_and_0_when_clean(call, tokens, deps, stack, db):
+    r = await call("set_mode", "POST", "/api/admin/system/mode", headers=auth(tokens["admin"]),
+                   json={"mode": "sync_direct", "reason": "scan test"})
+    assert r.status_code == 200
+    made = await call("create_user", "POST", "/api/users", headers=auth(tokens["sales_manager"]), json=KEPT)
+    assert made.status_code == 201, made.text
+    await call("sign_in", "POST", "/api/auth/sign-in", json={"email": KEPT["email"], "password": "wrong-password-1"},
+               headers={"X-Forwarded-For": "198.51.100.45"})  # a Redis key to scan
+    found = pii_scan_task(stack, "--email", KEPT["email"].upper(), "--name", KEPT["full_name"])
+    assert found.returncode == 1, found.stdout + found.stderr
+    finds = [line for line in found.stdout.splitlines() if line.startswith(("table ", "redis "))]
+    assert {line.split(":")[0] for line in finds} == {"table users", "table creation_requests"}
+    assert "Traceback" not in found.stderr
+    clean = pii_scan_task(stack, "--email", "nobody.here@example.com", "--phone", "+44 20 7946 9999")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    summary = clean.stdout.strip().splitlines()[-1]
+    tables = int(re.search(r"scanned (\d+) tables", summary).group(1))  # type: ignore[union-attr]
+    keys = int(re.search(r"and (\d+) Redis keys", summary).group(1))  # type: ignore[union-attr]
+    assert tables >= 10 and keys >= 1 and summary.endswith("0 find(s)")
+    # An address where none may be (a health event written by hand) is a find even when nobody is named.
+    db.execute("INSERT INTO system_health_logs (level, event, message) VALUES ('INFO', 'planted', 'mail x@y.org')")
+    planted = pii_scan_task(stack)
+    assert planted.returncode == 1 and "table system_health_logs (an address outside" in planted.stdout
