@@ -2,9 +2,10 @@
 (shared/operations/retention.py) and the erase of a person (shared/accounts/erase.py) both use these.
 
 A redacted creation request keeps its id, caller, times, status, error code and user id; its address, name
-and phone become empty (PostgreSQL recomputes `search_key` from them) and its body hash, a hash of the
-address, name and phone, a fixed marker. A redacted bulk cell keeps its row, field and reason and loses the
-`email` cell as sent. A health event loses anything shaped like an address and the keys that name a person.
+and phone become empty (PostgreSQL recomputes `search_key` from them), its body hash, a hash of the
+address, name and phone, a fixed marker, and its Idempotency-Key (text the caller chose, which may be anything,
+an address included) goes: a replay of that key afterwards is a new request. A redacted bulk cell keeps its row,
+field and reason and loses the `email` cell as sent. A health event loses anything shaped like an address and the keys that name a person.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from psycopg import sql
 
 # The SET list of a redacted request (the CHECK of migration 0017 keeps it finished).
 REDACTED_REQUEST = sql.SQL("email = '', email_normalized = '', full_name = '', phone = NULL,"
-                           " body_hash = 'redacted', pii_redacted_at = now()")
+                           " body_hash = 'redacted', idempotency_key = NULL, pii_redacted_at = now()")
 
 
 def redacted_cells(column: str, keep: sql.Composable) -> sql.Composed:

@@ -46,9 +46,11 @@ def welcome_link(stack: Stack, address: str) -> str:
     return links[-1]
 
 
-async def created_through_the_queue(call, tokens, db, person: dict[str, str]) -> tuple[str, str]:
+async def created_through_the_queue(call, tokens, db, person: dict[str, str], key: str | None = None
+                                    ) -> tuple[str, str]:
     """POST /api/users -> 202, the consumer process creates the user and sends the email: (request, user id)."""
-    r = await call("create_user", "POST", "/api/users", headers=auth(tokens["sales_manager"]), json=person)
+    headers = {**auth(tokens["sales_manager"]), **({"Idempotency-Key": key} if key else {})}
+    r = await call("create_user", "POST", "/api/users", headers=headers, json=person)
     assert r.status_code == 202, r.text
     request_id = r.json()["request_id"]
     assert (await all_done(db, [request_id], timeout=30))[request_id] == "created"
@@ -81,7 +83,8 @@ async def test_erase_removes_the_person_from_every_table_redis_key_and_event_and
     # The person goes through everything: a queued creation (the consumer process), the welcome email, a
     # password set through its link, a sign-in, failed sign-ins (a Redis counter), a bulk upload that
     # rejects one row with the address and reports another as a duplicate, a second request refused.
-    request_id, user_id = await created_through_the_queue(call, tokens, db, ERASED)
+    # (The caller chose the address itself as its Idempotency-Key: text it chose, kept with the request.)
+    request_id, user_id = await created_through_the_queue(call, tokens, db, ERASED, key=ERASED["email"].lower())
     await created_through_the_queue(call, tokens, db, KEPT)
     token = unquote(parse_qs(urlsplit(welcome_link(stack, ERASED["email"])).fragment)["token"][0])
     assert (await call("set_password", "POST", "/api/account/password",
