@@ -5,7 +5,8 @@ A redacted creation request keeps its id, caller, times, status, error code and 
 and phone become empty (PostgreSQL recomputes `search_key` from them), its body hash, a hash of the
 address, name and phone, a fixed marker, and its Idempotency-Key (text the caller chose, which may be anything,
 an address included) goes: a replay of that key afterwards is a new request. A redacted bulk cell keeps its row,
-field and reason and loses the `email` cell as sent. A health event loses anything shaped like an address and the keys that name a person.
+field and reason and loses the `email` cell as sent. A health event loses anything shaped like an address and the
+keys that name a person.
 """
 
 from __future__ import annotations
