@@ -249,6 +249,35 @@ def account(c: Context, action: str, email: str = "", full_name: str = "", role:
         print("the welcome email is queued: the consumer's delivery pass sends it")
 
 
+@task(name="pii-scan", iterable=["text"],
+      help={"email": "an address to look for", "name": "a full name to look for", "phone": "a phone to look for",
+            "text": "any other string to look for (repeatable)"})
+def pii_scan(c: Context, email: str = "", name: str = "", phone: str = "", text: list[str] | None = None) -> None:
+    """Look for a person's data in every table, every Redis key under the queue prefix and the health events,
+    and for addresses where none may be (Redis, events, audit, any column but the product's own). Prints every
+    find; exits 1 when anything is found. Against the running local system, else DATABASE_URL/REDIS_URL."""
+    from shared.operations.pii_scan import scan
+
+    state = _dev_state(required=False)
+    database_url = os.environ.get("DATABASE_URL") or str(state.get("database_url") or "")
+    redis_url = os.environ.get("REDIS_URL") or str(state.get("redis_url") or "")
+    if not database_url or not redis_url:
+        raise Exit("nothing to scan: start `invoke dev`, or set DATABASE_URL and REDIS_URL", code=2)
+    prefix = os.environ.get("QUEUE_PREFIX", "bull")
+    allowed = [os.environ.get("EMAIL_SENDER", "no-reply@provisioner.local"),
+               os.environ.get("SCHEDULER_SERVICE_ACCOUNT", "")]
+    try:
+        report = scan(database_url, redis_url, prefix, [email, name, phone, *(text or [])], allowed_addresses=allowed)
+    except Exception as exc:  # an unreachable database or Redis: say which, no traceback
+        raise Exit(f"pii-scan could not read everything: {type(exc).__name__}: {exc}", code=2) from None
+    for finding in report.findings:
+        print(finding)
+    print(f"scanned {report.tables} tables ({report.rows} rows) and {report.keys} Redis keys under {prefix}:*;"
+          f" {len(report.findings)} find(s)")
+    if report.findings:
+        raise Exit(code=1)
+
+
 @task(help={"yes": "do not ask for confirmation"})
 def reset(c: Context, yes: bool = False) -> None:
     """Wipe the local dev state (.local/dev: the embedded PostgreSQL and Redis data). Asks first."""

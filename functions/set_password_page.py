@@ -1,5 +1,6 @@
-"""GET /set-password?token=...: the page where a new user chooses a password (static; the token stays in the
-browser until the page posts it to POST /api/account/password)."""
+"""GET /set-password#token=...: the page where a new user chooses a password (static; the token is in the
+fragment, which the browser never sends here, and stays in the browser until the page posts it to
+POST /api/account/password; the older `?token=` links still work)."""
 
 import functions_framework.aio
 from starlette.requests import Request

@@ -130,7 +130,9 @@ async def resend_welcome(deps: Deps, account_id: str, *, actor: str) -> dict[str
     """Kill the account's outstanding links, queue a new welcome email and try to send it now."""
     user_id = _account_id(account_id)
     async with db.connection(deps.pool) as conn, conn.transaction():
-        cur = await conn.execute("SELECT id, request_id, role FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        # An erased account has no address to write to (shared/accounts/erase.py): unknown here.
+        cur = await conn.execute("SELECT id, request_id, role FROM users WHERE id = %s AND erased_at IS NULL"
+                                 " FOR UPDATE", (user_id,))
         user = await cur.fetchone()
         if user is None:
             raise NotFound("no such account")

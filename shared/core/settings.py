@@ -120,6 +120,9 @@ class Settings(BaseModel):
     db_timeout_s: float = Field(2.0, alias="DB_TIMEOUT_S", gt=0)
 
     log_retention_days: int = Field(7, alias="LOG_RETENTION_DAYS", ge=1)
+    # Finished requests, bulk rejected/duplicate cells, outbox rows and health events older than this keep ids,
+    # times and outcomes only (docs/personal-data.md). At most ten years; at least one day.
+    pii_retention_days: int = Field(90, alias="PII_RETENTION_DAYS", ge=1, le=3650)
     max_body_bytes: int = Field(16 * 1024, alias="MAX_BODY_BYTES", ge=1024)
     # Bulk uploads (POST /api/users/bulk) and the drain that creates their rows while the queue is off.
     bulk_max_bytes: int = Field(2 * 1024 * 1024, alias="BULK_MAX_BYTES", ge=1024)

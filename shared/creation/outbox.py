@@ -109,7 +109,8 @@ async def send_claimed(pool: AsyncConnectionPool, mailer: Mailer, settings: Sett
         report.deferred += 1
         return report
     token = secrets.token_urlsafe(32)
-    link = f"{settings.set_password_url}?{urlencode({'token': token})}"
+    # In the fragment: a browser never sends it to a server, so no load balancer or access log keeps the link.
+    link = f"{settings.set_password_url}#{urlencode({'token': token})}"
     try:
         with tracing.span("ses.send_email", kind="CLIENT", attributes={"request_id": claim.request_id}):
             async with asyncio.timeout(settings.email_send_timeout_s):  # (no extra task, unlike wait_for)
@@ -149,12 +150,13 @@ _CLAIM = (
     "  AND (%(user)s::uuid IS NULL OR user_id = %(user)s::uuid) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
     " RETURNING o.id, o.user_id, o.request_id, o.attempts, u.email, u.full_name")
 
-# Sent: the user's earlier links die, the new token's hash is stored, the row is done. (The statement's
-# snapshot does not see the token it inserts, so only the earlier ones are marked used.)
+# Sent: the user's earlier links die, the new token's hash is stored (not for an account erased while the email
+# was on its way: its link stays dead), the row is done. (The statement's snapshot does not see the token it
+# inserts, so only the earlier ones are marked used.)
 _RECORD_SENT = (
     "WITH used AS (UPDATE password_setup_tokens SET used_at = now() WHERE user_id = %(user)s AND used_at IS NULL),"
     " token AS (INSERT INTO password_setup_tokens (token_hash, user_id, expires_at)"
-    "  VALUES (%(hash)s, %(user)s, now() + %(ttl)s))"
+    "  SELECT %(hash)s, id, now() + %(ttl)s FROM users WHERE id = %(user)s AND erased_at IS NULL)"
     " UPDATE email_outbox SET status = 'sent', sent_at = now(), attempts = attempts + 1, provider_id = %(provider_id)s,"
     " last_error = NULL WHERE id = %(id)s")
 

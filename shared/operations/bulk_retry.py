@@ -80,10 +80,11 @@ async def _selection(conn: Any, command: BulkRetryCommand) -> tuple[sql.Composab
 
 
 _CANDIDATES = """
-    matched AS (SELECT id, status, email_normalized, created_at FROM creation_requests WHERE {where}),
+    matched AS (SELECT id, status, email_normalized, created_at, pii_redacted_at FROM creation_requests
+                WHERE {where}),
     candidates AS (
         SELECT DISTINCT ON (m.email_normalized) m.id FROM matched m
-        WHERE m.status = 'failed'
+        WHERE m.status = 'failed' AND m.pii_redacted_at IS NULL
           AND NOT EXISTS (SELECT 1 FROM users u WHERE u.email_normalized = m.email_normalized)
           AND NOT EXISTS (SELECT 1 FROM creation_requests p WHERE p.email_normalized = m.email_normalized
                           AND p.status IN ('queued', 'processing'))

@@ -1,5 +1,6 @@
-"""Scheduled maintenance: health-log and audit retention, then a reconcile pass and the email outbox; and the
-per-minute tick (a kill switch whose time is up returns by itself even when no request arrives)."""
+"""Scheduled maintenance: health-log and audit retention, personal-data retention, then a reconcile pass and
+the email outbox; and the per-minute tick (a kill switch whose time is up returns by itself even when no request
+arrives)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ from shared.core.errors import DatabaseUnavailable
 from shared.creation.outbox import deliver_pending
 from shared.creation.reconciler import reconcile
 from shared.creation.traffic import revert_if_due
+from shared.operations.retention import Redacted, redact_expired
 
 log = logging.getLogger(__name__)
 
 
 async def run_cleanup(deps: Deps, *, actor: str) -> dict[str, Any]:
     """Delete health logs older than their retention (7 days by default) and audit rows older than 400 days,
+    remove the personal data of rows past PII_RETENTION_DAYS (90 by default; shared/operations/retention.py),
     with an INFO event and an audit row in the same transaction. A failure leaves an ERROR event (or, with the
     database down, an ERROR log line) and is raised to the caller."""
     days = deps.settings.log_retention_days
     try:
-        deleted, audit_deleted = await _clean(deps, days, actor)
+        deleted, audit_deleted, redacted = await _clean(deps, days, actor)
     except DatabaseUnavailable:
         log.error("health log cleanup failed: database unavailable")
         raise
@@ -34,25 +37,30 @@ async def run_cleanup(deps: Deps, *, actor: str) -> dict[str, Any]:
                                      {"retention_days": days, "error": type(exc).__name__}, source=deps.source)
         raise
     return {"deleted": deleted, "retention_days": days, "audit_deleted": audit_deleted,
-            "audit_retention_days": AUDIT_RETENTION_DAYS, "reconciled": await _reconcile(deps)}
+            "audit_retention_days": AUDIT_RETENTION_DAYS, "pii_redacted": redacted.to_dict(),
+            "pii_retention_days": deps.settings.pii_retention_days, "reconciled": await _reconcile(deps)}
 
 
-async def _clean(deps: Deps, days: int, actor: str) -> tuple[int, int]:
+async def _clean(deps: Deps, days: int, actor: str) -> tuple[int, int, Redacted]:
+    pii_days = deps.settings.pii_retention_days
     async with db.connection(deps.pool) as conn, conn.transaction():
-        cur = await conn.execute(
-            "SELECT cleanup_health_logs(make_interval(days => %s)) AS deleted,"
-            " cleanup_audit_log(make_interval(days => %s)) AS audit_deleted", (days, AUDIT_RETENTION_DAYS))
+        # cleanup_audit_log() runs as its owner (migration 0016): the runtime role cannot delete audit rows.
+        cur = await conn.execute("SELECT cleanup_health_logs(make_interval(days => %s)) AS deleted,"
+                                 " cleanup_audit_log() AS audit_deleted", (days,))
         row = await cur.fetchone() or {}
         deleted, audit_deleted = int(row.get("deleted") or 0), int(row.get("audit_deleted") or 0)
+        redacted = await redact_expired(conn, pii_days)
+        facts = {"deleted": deleted, "retention_days": days, "audit_deleted": audit_deleted,
+                 "audit_retention_days": AUDIT_RETENTION_DAYS, "pii_redacted": redacted.to_dict(),
+                 "pii_retention_days": pii_days}
         await health.record(conn, health.Level.INFO, "health_logs_cleaned",
                             f"deleted {deleted} health log(s) older than {days} days and {audit_deleted} audit"
-                            f" row(s) older than {AUDIT_RETENTION_DAYS} days",
-                            {"deleted": deleted, "retention_days": days, "audit_deleted": audit_deleted,
-                             "audit_retention_days": AUDIT_RETENTION_DAYS}, source=deps.source)
-        await record_audit(conn, actor=actor, action="cleanup", reason="retention", before=None,
-                           after={"deleted": deleted, "retention_days": days, "audit_deleted": audit_deleted,
-                                  "audit_retention_days": AUDIT_RETENTION_DAYS})
-    return deleted, audit_deleted
+                            f" row(s) older than {AUDIT_RETENTION_DAYS} days; removed the personal data of"
+                            f" {redacted.requests} request(s), {redacted.batches} bulk upload(s),"
+                            f" {redacted.outbox} outbox row(s) and {redacted.events} event(s) older than"
+                            f" {pii_days} days", facts, source=deps.source)
+        await record_audit(conn, actor=actor, action="cleanup", reason="retention", before=None, after=facts)
+    return deleted, audit_deleted, redacted
 
 
 async def run_tick(deps: Deps) -> dict[str, Any]:

@@ -25,13 +25,17 @@ async def retry_request(deps: Deps, principal: Principal, request_id: str, reaso
             cur = await conn.execute(
                 "UPDATE creation_requests r SET status = 'queued', error_code = NULL, error = NULL, updated_at = now()"
                 " FROM (SELECT id, error_code FROM creation_requests WHERE id = %s FOR UPDATE) AS before"
-                " WHERE r.id = before.id AND r.status = 'failed' RETURNING before.error_code", (request_id,))
+                " WHERE r.id = before.id AND r.status = 'failed' AND r.pii_redacted_at IS NULL"
+                " RETURNING before.error_code", (request_id,))
             retried = await cur.fetchone()
             if retried is None:
-                cur = await conn.execute("SELECT status FROM creation_requests WHERE id = %s", (request_id,))
+                cur = await conn.execute("SELECT status, pii_redacted_at FROM creation_requests WHERE id = %s",
+                                         (request_id,))
                 row = await cur.fetchone()
                 if row is None:
                     raise NotFound("no such creation request")
+                if row["pii_redacted_at"] is not None:  # docs/personal-data.md: its address is gone
+                    raise RequestInProgress("this request's personal data was removed: it cannot run again")
                 raise RequestInProgress(f"only failed requests can be retried (this one is {row['status']})")
             await conn.execute("INSERT INTO creation_retries (request_id, actor, reason) VALUES (%s, %s, %s)",
                                (request_id, principal.subject, reason))

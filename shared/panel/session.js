@@ -1,8 +1,9 @@
 /* The staff session shared by the System Health panel and the sales desk: one bearer token per browser tab, the
  * one authenticated fetch, and the sign-in screen both pages show when the token is missing or refused.
  *
- * The token comes from a `#token=<jwt>` link (then removed from the address bar), a pasted value or the
- * email/password sign-in, and is kept in sessionStorage (this tab only; never localStorage, never a cookie).
+ * The token comes from a `#token=<jwt>` link (then removed from the address bar; it replaces a different session
+ * of this tab only when the person confirms it), a pasted value or the email/password sign-in, and is kept in
+ * sessionStorage (this tab only; never localStorage, never a cookie).
  * request() sends it as `Authorization: Bearer` to this server's API only (connect-src 'self'), with a timeout,
  * and turns every non-2xx answer into an ApiError carrying the API's `{"error": {code, message, details}}`.
  * Both pages share the sign-in ids (#signin, #signin-btn, #signin-status, #auth-msg, #token-input,
@@ -183,7 +184,66 @@
     });
   }
 
-  /* Wires the pasted-token form and Sign out, then signs in with a `#token=` link or this tab's token. */
+  // ------------------------------------------------------------------ a link's token (login CSRF)
+
+  function roleWords(jwt) { return roleOf(jwt) ? "role " + roleOf(jwt).replace("_", " ") : "unknown role"; }
+
+  /* A `#token=` link never silently replaces the session this tab already has: anyone can send a link that signs
+   * the tab in as them (login CSRF; everything done afterwards would be done as them). The page asks, in the page
+   * (a modal <dialog>, built here so both pages share it), and keeping this tab's session is the default
+   * (Escape, the first button). decide(token) is then called with the token to use. */
+  function askToReplace(existing, linked, decide) {
+    var old = $("replace-session");
+    if (old) { old.remove(); }
+    var dialog = document.createElement("dialog");
+    dialog.id = "replace-session";
+    dialog.className = "dialog";
+    dialog.setAttribute("aria-labelledby", "replace-session-h");
+    dialog.setAttribute("aria-describedby", "replace-session-desc");
+    var heading = document.createElement("h2");
+    heading.id = "replace-session-h";
+    heading.textContent = "Replace this tab's session?";
+    var text = document.createElement("p");
+    text.id = "replace-session-desc";
+    text.textContent = "The link you opened would sign this tab in with another session (" + roleWords(linked) +
+      ") instead of yours (" + roleWords(existing) + "). Anyone can send such a link, and what you do next " +
+      "would be done as them. Replace your session only if you asked for this link.";
+    var actions = document.createElement("div");
+    actions.className = "dialog-actions";
+    var keep = document.createElement("button");
+    keep.type = "button";
+    keep.className = "btn btn-primary";
+    keep.textContent = "Keep my session";
+    var replace = document.createElement("button");
+    replace.type = "button";
+    replace.className = "btn";
+    replace.textContent = "Use the link's session";
+    actions.append(keep, replace);
+    dialog.append(heading, text, actions);
+    var chosen = existing;
+    dialog.addEventListener("close", function () { dialog.remove(); decide(chosen); });
+    keep.addEventListener("click", function () { chosen = existing; dialog.close(); });
+    replace.addEventListener("click", function () { chosen = linked; dialog.close(); });
+    document.body.appendChild(dialog);
+    dialog.showModal();
+    keep.focus();
+  }
+
+  /* A `#token=` link's token (removed from the address bar): used at once when this tab has no session or the
+   * same one, else only once the person says so. */
+  function followLink(signIn) {
+    var linked = fromFragment();
+    var existing = token();
+    if (linked && existing && clean(linked) !== existing) {
+      askToReplace(existing, linked, signIn);
+      return true;
+    }
+    if (linked || existing) { signIn(linked || existing); return true; }
+    return false;
+  }
+
+  /* Wires the pasted-token form and Sign out, then signs in with a `#token=` link or this tab's token (a link
+   * opened in the page later, too). */
   function start(signIn, signOut) {
     $("signin-form").addEventListener("submit", function (ev) {
       ev.preventDefault();
@@ -193,8 +253,10 @@
       $("signout-btn").disabled = true;
       endSession(signOut).finally(function () { $("signout-btn").disabled = false; });
     });
-    var initial = fromFragment() || token();
-    if (initial) { signIn(initial); } else { $("token-input").focus(); }
+    if (!followLink(signIn)) { $("token-input").focus(); }
+    window.addEventListener("hashchange", function () {
+      if (/(?:^#|&)token=/.test(window.location.hash || "")) { followLink(signIn); }
+    });
   }
 
   window.ProvisionerSession = {

@@ -1,5 +1,7 @@
-/* The set-password page: reads the one-time token from ?token=, removes it from the address bar, and posts it
- * with the chosen password to POST /api/account/password. Served under the panel's strict CSP (no inline code).
+/* The set-password page: reads the one-time token from the link's fragment (#token=, which a browser never sends
+ * to a server, so no request log holds it; the older ?token= form of emails already sent still works), removes
+ * it from the address bar, and posts it with the chosen password to POST /api/account/password. Served under the
+ * panel's strict CSP (no inline code).
  * The page learns nothing about the token until the holder submits: 404 unknown, 410 used or expired. */
 (function () {
   "use strict";
@@ -62,12 +64,12 @@
   }
 
   function init() {
-    var params = new URLSearchParams(window.location.search);
-    token = params.get("token");
+    var fragment = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+    token = fragment.get("token") || new URLSearchParams(window.location.search).get("token");
     // The link's token must not stay in the address bar, the history or a screenshot.
     window.history.replaceState(null, "", window.location.pathname);
     if (!token) {
-      finish("bad", "This page needs the link from your welcome email (it ends with ?token=…).");
+      finish("bad", "This page needs the link from your welcome email (it ends with #token=…).");
       return;
     }
     $("setpw-form").addEventListener("submit", submit);

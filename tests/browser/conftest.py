@@ -223,6 +223,7 @@ def panel_system(stack: Stack, panel_redis: RedisServer, tmp_path_factory: pytes
         "admin": issue_token(settings, role=Role.ADMIN, subject="panel-admin"),
         "other_admin": issue_token(settings, role=Role.ADMIN, subject="other-admin"),
         "sales_manager": issue_token(settings, role=Role.SALES_MANAGER, subject="panel-sales"),
+        "other_sales": issue_token(settings, role=Role.SALES_MANAGER, subject="other-sales"),
         "viewer": issue_token(settings, role=Role.VIEWER, subject="panel-viewer"),
     }
     try:

@@ -207,7 +207,7 @@ def test_invoke_dev_with_nothing_configured_runs_its_own_servers_and_ctrl_c_leav
                 break
             assert time.monotonic() < deadline, sent
             time.sleep(0.3)
-        assert len(to) == 1 and "/set-password?token=" in to[0]["body"]
+        assert len(to) == 1 and "/set-password#token=" in to[0]["body"]
         family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         servers = _processes_using(state)
         assert len(servers) >= 10  # PostgreSQL, Redis, moto, every function, the consumer, the gateway

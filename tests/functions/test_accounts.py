@@ -28,7 +28,7 @@ def links_to(stack, address: str) -> list[str]:
     found = []
     for message in stack.ses.sent_messages():
         if address.lower() in [to.lower() for to in message["to"]]:
-            match = re.search(r"/set-password\?token=(\S+)", message["body"])
+            match = re.search(r"/set-password#token=(\S+)", message["body"])
             assert match, message["body"]
             found.append(unquote(match.group(1)))
     return found

@@ -30,7 +30,7 @@ def account_create(stack, *args: str, app_env: str = "development") -> subproces
 async def test_a_viewer_made_on_the_command_line_signs_in_and_may_not_change_anything(call, stack, db):
     done = account_create(stack, "--email", "Cli.Viewer@example.com", "--full-name", "Cli Viewer", "--role", "viewer")
     assert done.returncode == 0, done.stdout + done.stderr
-    link = re.search(r"set-password link \(development only\): (http://127\.0\.0\.1:18120/set-password\?token=\S+)",
+    link = re.search(r"set-password link \(development only\): (http://127\.0\.0\.1:18120/set-password#token=\S+)",
                      done.stdout)
     assert link, done.stdout
     token = unquote(link.group(1).split("token=", 1)[1])

@@ -134,7 +134,9 @@ async def test_no_transaction_is_open_while_ses_is_called(deps, consumers, stack
                          " WHERE u.request_id = %s", (request_id,)).fetchone()
         [message] = [m for m in stack.ses.sent_messages() if m["to"] == [row["email"]]]
         assert message["id"] == row["provider_id"] and message["subject"] == "Welcome: set your password"
-        token = parse_qs(urlsplit(re.search(r"\S+\?token=\S+", message["body"]).group(0)).query)["token"][0]
+        link = urlsplit(re.search(r"\S+/set-password#token=\S+", message["body"]).group(0))
+        assert link.query == ""  # the token travels in the fragment only
+        token = parse_qs(link.fragment)["token"][0]
         stored = db.execute("SELECT used_at FROM password_setup_tokens WHERE token_hash = %s AND user_id = %s",
                             (hashlib.sha256(token.encode()).hexdigest(), row["id"])).fetchone()
         assert stored == {"used_at": None}

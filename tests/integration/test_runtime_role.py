@@ -15,6 +15,7 @@ from psycopg import sql
 from infra.manifest import MIGRATIONS_DIR
 from infra.render import DeployConfig
 from shared.core.db import apply_migrations
+from shared.operations.maintenance import run_cleanup
 from tests.conftest import DepsFactory, auth, function_app, use_deps
 from tests.support.stack import Stack
 
@@ -61,7 +62,9 @@ def test_the_runtime_role_may_change_rows_of_every_table_and_nothing_else(stack:
                 " has_table_privilege(%(t)s, 'UPDATE'), has_table_privilege(%(t)s, 'DELETE'),"
                 " has_table_privilege(%(t)s, 'TRUNCATE'), has_table_privilege(%(t)s, 'REFERENCES'),"
                 " has_table_privilege(%(t)s, 'TRIGGER')", {"t": f"public.{table}"}).fetchone()
-            expected = (True, False, False, False) if table == "schema_migrations" else (True, True, True, True)
+            # Read-only: the migrations' record. Append-only: the audit trail (migration 0016).
+            expected = {"schema_migrations": (True, False, False, False),
+                        "audit_log": (True, True, False, False)}.get(table, (True, True, True, True))
             assert rights == (*expected, False, False, False), table
         for statement in ("CREATE TABLE sneaky (id int)", "DROP TABLE users", "ALTER TABLE users ADD COLUMN x int",
                           "TRUNCATE system_health_logs",
@@ -111,3 +114,29 @@ async def test_the_functions_serve_both_creation_paths_connected_as_the_runtime_
             assert await cursor.fetchone() == {"who": RUNTIME, "asked": 2, "made": 1}
     finally:
         use_deps(monkeypatch, deps)
+
+
+async def test_the_runtime_role_cannot_rewrite_the_audit_trail_and_prunes_it_only_through_the_function(
+        stack: Stack, deps: Any, deps_factory: DepsFactory) -> None:
+    with psycopg.connect(stack.database_url, autocommit=True) as owner:
+        owner.execute("INSERT INTO audit_log (at, actor, action, reason) VALUES"
+                      " (now() - interval '30 days', 'admin-1', 'kept', 'recent'),"
+                      " (now() - interval '401 days', 'admin-1', 'past_retention', 'old')")
+    with psycopg.connect(as_role(stack.database_url, RUNTIME), autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (RUNTIME,)
+        conn.execute("INSERT INTO audit_log (actor, action) VALUES ('admin-1', 'appended')")  # adding is its job
+        for statement in ("UPDATE audit_log SET reason = 'rewritten'", "UPDATE audit_log SET at = now()"
+                          " WHERE action = 'kept'", "DELETE FROM audit_log", "DELETE FROM audit_log WHERE"
+                          " action = 'kept'", "TRUNCATE audit_log"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        # The prune takes no retention from its caller: 400 days, whoever calls it.
+        with pytest.raises(psycopg.errors.UndefinedFunction):
+            conn.execute("SELECT cleanup_audit_log(interval '0 seconds')")
+    # The scheduled cleanup, connected as the runtime role, prunes through the SECURITY DEFINER function.
+    runtime = await deps_factory(DATABASE_URL=as_role(stack.database_url, RUNTIME))
+    answer = await run_cleanup(runtime, actor="scheduler")
+    assert answer["audit_deleted"] == 1
+    with psycopg.connect(stack.database_url, autocommit=True) as owner:
+        rows = owner.execute("SELECT action, reason FROM audit_log ORDER BY id").fetchall()
+    assert rows[:2] == [("kept", "recent"), ("appended", None)] and [r[0] for r in rows[2:]] == ["cleanup"]

@@ -1,50 +1,16 @@
-"""Scans for what must never be stored outside PostgreSQL's user tables: addresses, names, phones, tokens."""
+"""Scans for what must never be stored outside PostgreSQL's user tables: addresses, names, phones, tokens (Redis
+and the health log; the scanner itself is shared/operations/pii_scan.py, `invoke pii-scan`)."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable
 
 import psycopg
 import redis
 
-EMAIL = re.compile(rb"[^\s@\"'\[\]]+@[^\s@\"'\[\]]+\.[a-z]{2,}", re.IGNORECASE)
+from shared.operations.pii_scan import EMAIL, needles, redis_values
 
-
-def redis_values(client: redis.Redis, pattern: str) -> Iterable[tuple[bytes, bytes]]:
-    """(key, value) for every key matching `pattern`, whatever its type (the key itself, hash fields, stream
-    entry fields and values, zset/set members and list items included, each as the raw bytes Redis holds)."""
-    for key in client.scan_iter(match=pattern, count=1000):
-        kind = client.type(key)
-        values: list[bytes] = [key]
-        if kind == b"string":
-            values.append(client.get(key) or b"")
-        elif kind == b"hash":
-            values += [v for pair in client.hgetall(key).items() for v in pair]
-        elif kind == b"list":
-            values += client.lrange(key, 0, -1)
-        elif kind == b"zset":
-            values += client.zrange(key, 0, -1)
-        elif kind == b"set":
-            values += list(client.smembers(key))
-        elif kind == b"stream":
-            for _entry_id, fields in client.xrange(key):
-                values += [v for pair in fields.items() for v in pair]
-        elif kind != b"none":  # a type this scanner cannot read must not pass as clean
-            values.append(b"unscanned type " + kind)
-        for value in values:
-            yield key, value
-
-
-def needles(exact: Iterable[str]) -> list[bytes]:
-    """The byte forms a given string can take once stored: UTF-8, JSON-escaped (ASCII) and lower case."""
-    found: set[bytes] = set()
-    for text in exact:
-        for variant in (text, text.lower()):
-            found.add(variant.encode())
-            found.add(json.dumps(variant)[1:-1].encode())
-    return sorted(found)
+__all__ = ["EMAIL", "find_secrets", "needles", "redis_values"]
 
 
 def _hit(value: bytes, forbidden: list[bytes], emails: bool) -> bool:

@@ -99,3 +99,12 @@ def test_production_without_a_jwt_secret_starts_and_accepts_no_bearer_token(monk
         authenticate(f"Bearer {forged}", settings)
     with pytest.raises(RuntimeError, match="AUTH_JWT_SECRET"):
         issue_token(settings, role=Role.ADMIN, subject="x")
+
+
+def test_personal_data_retention_defaults_to_90_days_and_refuses_nonsense():
+    base = {"DATABASE_URL": "postgresql://u@127.0.0.1/db", "REDIS_URL": "redis://127.0.0.1:1/0", "APP_ENV": "test"}
+    assert Settings(**base).pii_retention_days == 90
+    assert Settings(**base, PII_RETENTION_DAYS="30").pii_retention_days == 30
+    for bad in ("0", "-1", "3651", "ninety"):
+        with pytest.raises(ValidationError):
+            Settings(**base, PII_RETENTION_DAYS=bad)
