@@ -190,3 +190,14 @@ async def test_unknown_id_404_viewer_403_bad_body_422_and_nothing_written(call, 
                       " 'account_created'").fetchone()["n"] == 0
     row = db.execute("SELECT role, disabled_at, tokens_valid_after FROM users WHERE id = %s", (account_id,)).fetchone()
     assert row == {"role": "sales_manager", "disabled_at": None, "tokens_valid_after": None}
+
+
+async def test_an_erased_persons_session_is_refused(call, tokens, stack):
+    account_id = await staff_account(call, tokens, stack, "erin.erased@example.com", "viewer")
+    token = await session(call, "erin.erased@example.com")
+    assert await accounts_with(call, token) == 200
+    r = await call("erase_user", "POST", f"/api/admin/users/{account_id}/erase", headers=auth(tokens["admin"]),
+                   json={"reason": "right to erasure"})
+    assert r.status_code == 200, r.text
+    refused = await call("list_accounts", "GET", "/api/admin/accounts", headers=auth(token))
+    assert refused.status_code == 401
