@@ -93,6 +93,8 @@ async def test_erase_removes_the_person_from_every_table_redis_key_and_event_and
     assert signed_in.status_code == 200, signed_in.text
     assert (await sign_in(call, ERASED["email"], "not-the-password-at-all")).status_code == 401
     counter = sign_in_key(deps, "account", ERASED["email"].lower())
+    valid = await call("my_requests", "GET", "/api/users/requests", headers=auth(signed_in.json()["access_token"]))
+    assert valid.status_code == 403, valid.text  # a member's valid token: no staff route
     bulk = await upload(call, tokens["sales_manager"], csv_file([
         f"{ERASED['email']},{ERASED['full_name']},{ERASED['phone']},",
         f"{ERASED['email'].upper()},{ERASED['full_name']},call me maybe,",
@@ -137,7 +139,9 @@ async def test_erase_removes_the_person_from_every_table_redis_key_and_event_and
     # The bystander's data stays.
     assert any(f.startswith("table users") for f in full_scan(stack, KEPT))
 
-    # The account is unusable: no sign-in, its link dead, its tokens refused from now on (token check: i22auth).
+    # The account is unusable: its token from the sign-in refused, no sign-in, its link dead.
+    who = await call("my_requests", "GET", "/api/users/requests", headers=auth(signed_in.json()["access_token"]))
+    assert who.status_code == 401, who.text
     assert (await sign_in(call, ERASED["email"])).status_code == 401
     assert (await call("set_password", "POST", "/api/account/password",
                        json={"token": token, "password": "another-long-passphrase-77"})).status_code == 404
