@@ -95,8 +95,11 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
         tf.resource("main.tf.json", "google_project_service", api, {
             "service": f"{api}.googleapis.com", "disable_on_destroy": False})
     emails = tf_accounts(tf, config)
+    tf.block("main.tf.json", "data", "google_project", {"this": {"project_id": config.project}})
+    project_number = config.project_number or "${data.google_project.this.number}"
     values = {"domain": var("api_domain"), "email_sender": var("email_sender"),
-              "set_password_url": var("set_password_url"), "scheduler_email": emails["scheduler"]}
+              "set_password_url": var("set_password_url"), "scheduler_email": emails["scheduler"],
+              "project_number": project_number}
 
     tf_network(tf, config)
     tf_state(tf, specs, config, emails)
@@ -118,7 +121,7 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
         tf_worker(tf, spec, config, values, emails)
     tf_migrate(tf, config, emails)
     for spec in scheduled(specs):
-        tf_scheduler(tf, spec, config, emails)
+        tf_scheduler(tf, spec, config, emails, project_number)
     if routed(specs):
         tf_load_balancer(tf, specs, config)
         tf.block("outputs.tf.json", "output", "api_ip", {
