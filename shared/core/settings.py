@@ -111,6 +111,9 @@ class Settings(BaseModel):
     db_pool_min: int = Field(1, alias="DB_POOL_MIN", ge=0)
     db_pool_max: int = Field(10, alias="DB_POOL_MAX", ge=1)
     db_timeout_s: float = Field(2.0, alias="DB_TIMEOUT_S", gt=0)
+    # Every statement of the pool's connections is cancelled past this (0: none). The runtime role also has its
+    # own 30 s default in the database (migration 0020), a backstop for connections made outside the pool.
+    db_statement_timeout_ms: int = Field(15_000, alias="DB_STATEMENT_TIMEOUT_MS", ge=0, le=600_000)
 
     log_retention_days: int = Field(7, alias="LOG_RETENTION_DAYS", ge=1)
     max_body_bytes: int = Field(16 * 1024, alias="MAX_BODY_BYTES", ge=1024)
