@@ -244,7 +244,7 @@ def test_cloud_sql_is_postgres_16_private_with_backups_pitr_and_room_for_every_p
     assert settings["ip_configuration"]["private_network"] == "${google_compute_network.main.id}"
     assert settings["backup_configuration"]["enabled"] is True
     assert settings["backup_configuration"]["point_in_time_recovery_enabled"] is True
-    flags = {flag["name"]: int(flag["value"]) for flag in settings["database_flags"]}
+    flags = {flag["name"]: int(flag["value"]) for flag in settings["database_flags"] if flag["value"].isdigit()}
     needed = sum(spec.max_instances for spec in specs.values()) * CONFIG.db_pool_max
     assert flags["max_connections"] >= needed and flags["max_connections"] == connection_budget(specs, CONFIG)
     assert resources(doc, "google_sql_database")["main"]["name"] == CONFIG.db_name
@@ -708,3 +708,15 @@ def test_functions_behind_the_load_balancer_find_the_client_in_googles_forwarded
                            "SET_PASSWORD_URL": "https://a.example/p"}).trusted_proxy_hops
         google = ["198.51.100.7, 203.0.113.9, 130.211.0.5"]  # spoofed by the client, the client, the LB
         assert client_address(google, "35.191.0.1", hops) == "203.0.113.9", spec.name
+
+
+def test_every_check_checkov_skips_is_listed_with_its_reason_in_the_infra_readme() -> None:
+    from infra.manifest import REPO_ROOT
+
+    config = (REPO_ROOT / "infra" / "checkov.yaml").read_text()
+    skipped = re.findall(r"^\s+- (CKV\w+)", config, flags=re.MULTILINE)
+    readme = (REPO_ROOT / "infra" / "README.md").read_text().split("## IaC scan (checkov)", 1)[1]
+    listed = re.findall(r"^\| `(CKV\w+)` \|[^|]+\|\s*\S", readme, flags=re.MULTILINE)
+    assert skipped and sorted(skipped) == sorted(listed)
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "--config-file infra/checkov.yaml" in ci and re.search(r"CHECKOV_VERSION=\d+\.\d+\.\d+", ci)
