@@ -59,6 +59,7 @@ class Instance:
     proc: subprocess.Popen[bytes] | None = None
     in_flight: int = 0
     served: int = 0
+    ready: bool = False  # answered its first request (a cold start is over)
 
     @property
     def url(self) -> str:
@@ -133,14 +134,19 @@ class Service:
                         await asyncio.wait_for(self.changed.wait(), remaining)
                     continue
                 break
-        if slot.proc is None or slot.proc.poll() is not None:
+        if not slot.ready or slot.proc is None or slot.proc.poll() is not None:
             if slot.number not in self.starting:
                 self.starting[slot.number] = asyncio.create_task(
                     asyncio.to_thread(self.start_instance, self, slot))
+            task = self.starting[slot.number]
             try:
-                await self.starting[slot.number]
+                await asyncio.shield(task)
+            except Exception:
+                await self.release(slot)
+                raise
             finally:
-                self.starting.pop(slot.number, None)
+                if task.done() and self.starting.get(slot.number) is task:
+                    del self.starting[slot.number]
         return slot
 
     async def release(self, slot: Instance) -> None:
@@ -179,6 +185,9 @@ class CloudRun:
         """functions-framework for the rendered entry point and source, with the service's environment; waits
         until it answers (a cold start)."""
         runtime = service.runtime
+        if slot.ready and slot.proc is not None and slot.proc.poll() is None:
+            return
+        slot.ready = False
         cmd = [sys.executable, "-m", "functions_framework", *runtime.command, "--host", "127.0.0.1",
                "--port", str(slot.port)]
         env = {**service.env, "PORT": str(slot.port), "K_SERVICE": runtime.name, "K_REVISION": f"{runtime.name}-1",
@@ -193,6 +202,7 @@ class CloudRun:
                                    f"see {slot.log}")
             try:
                 httpx.get(slot.url + "/", timeout=1)
+                slot.ready = True
                 return
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -212,7 +222,10 @@ class CloudRun:
         refused = service.check_ingress_and_iam(request)
         if refused is not None:
             return refused
-        slot = await service.pick()
+        try:
+            slot = await service.pick()
+        except RuntimeError as exc:  # the instance did not start: Cloud Run answers 503 too
+            return Response(f"Service Unavailable: {exc}", status_code=503)
         if slot is None:
             return Response("Rate exceeded: no instance was available", status_code=429)
         try:

@@ -57,7 +57,8 @@ class Settings(BaseModel):
     oidc_jwks_url: str = Field("https://www.googleapis.com/oauth2/v3/certs", alias="OIDC_JWKS_URL")
     oidc_issuers: tuple[str, ...] = Field(("https://accounts.google.com", "accounts.google.com"),
                                          alias="OIDC_ISSUERS")
-    # The audience the scheduler's OIDC token must carry: the cleanup function's URL. Empty: refuse every one.
+    # The audience the scheduler's OIDC token must carry: the scheduled function's deterministic Cloud Run URL, which
+    # the deploy rendering writes here and into the scheduler job (infra/README.md). Empty: refuse every one.
     oidc_audience: str = Field("", alias="OIDC_AUDIENCE")
 
     ses_endpoint_url: AnyUrl | None = Field(None, alias="AWS_ENDPOINT_URL_SES")
@@ -74,7 +75,8 @@ class Settings(BaseModel):
     # Accepted creations per caller (`sub`) in any 60 s, across every instance; 0: no limit.
     create_quota_per_minute: int = Field(120, alias="CREATE_QUOTA_PER_MINUTE", ge=0)
     # Sign-in (POST /api/auth/sign-in): token lifetime, the throttle, and which X-Forwarded-For entry is the
-    # client (counted from the right: 1 = the last hop's, as the local gateway appends it).
+    # client (counted from the right: 1 = the last hop's, as the local gateway writes it; 2 behind Google's external
+    # load balancer, which appends `<client ip>, <lb ip>`: the deploy rendering sets it).
     access_token_ttl_s: int = Field(3600, alias="ACCESS_TOKEN_TTL_S", ge=60, le=86400)
     sign_in_window_s: int = Field(900, alias="SIGN_IN_WINDOW_S", ge=1)
     sign_in_max_per_account: int = Field(5, alias="SIGN_IN_MAX_PER_ACCOUNT", ge=1)
@@ -176,7 +178,7 @@ class Settings(BaseModel):
             raise ValueError("SET_PASSWORD_URL must be set to an https:// URL in production (the link in every "
                              "welcome email)")
         if self.scheduler_service_account and not self.oidc_audience:
-            raise ValueError("OIDC_AUDIENCE must be set (the cleanup function's URL) when "
+            raise ValueError("OIDC_AUDIENCE must be set (the scheduled function's URL) when "
                              "SCHEDULER_SERVICE_ACCOUNT is set")
         return self
 
