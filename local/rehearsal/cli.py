@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="invoke rehearse", description=__doc__)
     parser.add_argument("--instances", type=int, default=3, help="instances per function (capped by its max)")
     parser.add_argument("--consumers", type=int, default=2, help="worker pool instances (within its min..max)")
+    parser.add_argument("--eager", action="store_true", help="start every instance slot up front (else on demand, "
+                        "as Cloud Run scales from zero)")
     parser.add_argument("--case", action="append", default=[], help="only cases whose name contains this")
     parser.add_argument("--dir", default=str(REPO_ROOT / ".local" / "rehearsal"), help="state and logs")
     args = parser.parse_args(argv)
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     try:
-        with rehearsal(Path(args.dir), instances=args.instances, consumers=args.consumers) as running:
+        with rehearsal(Path(args.dir), instances=args.instances, consumers=args.consumers,
+                       eager=args.eager) as running:
             print(f"deployment up in {time.monotonic() - started:.0f} s; running the suite", flush=True)
             passed, failed = run_suite(running, args.case or None)
     except Exception as exc:  # the deployment itself did not come up: say why, fail

@@ -93,10 +93,19 @@ class TlsFront:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
-    def stop(self) -> None:
-        """Stop accepting and end the loop."""
+    async def _shutdown(self) -> None:
         if self._server is not None:
-            self.loop.call_soon_threadsafe(self._server.close)
+            self._server.close()
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Stop accepting, end every relayed connection, end the loop."""
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 

@@ -108,7 +108,7 @@ def say(line: str) -> None:
 
 
 @contextlib.contextmanager
-def rehearsal(root: Path, *, instances: int, consumers: int) -> Any:
+def rehearsal(root: Path, *, instances: int, consumers: int, eager: bool = False) -> Any:
     """Start the rendered deployment; yields a `Rehearsal`; stops everything it started."""
     if root.exists():
         shutil.rmtree(root)
@@ -250,7 +250,8 @@ def rehearsal(root: Path, *, instances: int, consumers: int) -> Any:
         say(f"load balancer on https://127.0.0.1:{front_port} (TLS >= 1.2, CA {ca_file}); "
             f"{len(cloud_run.services)} Cloud Run services, {sum(len(s.slots) for s in cloud_run.services.values())}"
             f" instance slots (at most {instances} per function)")
-        cloud_run.start_minimum()
+        say(f"{cloud_run.start_minimum(every_slot=eager)} instances started"
+            f"{' (every slot)' if eager else ' (min_instance_count; the rest on demand)'}")
         _wait_for_consumers(cloud_run, workers)
         say(f"scheduler: {len(scheduler.jobs)} jobs, clock x{CLOCK_FACTOR:g}")
         yield Rehearsal(root=root, doc=doc, front_url=f"https://127.0.0.1:{front_port}", front_ca=ca_file,
