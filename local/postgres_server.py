@@ -50,7 +50,8 @@ class PostgresServer(ManagedProcess):
 
     _service = "postgres"
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True,
+                 settings: dict[str, str] | None = None) -> None:
         """Describe a server; nothing is started until :meth:`start`.
 
         Args:
@@ -58,11 +59,13 @@ class PostgresServer(ManagedProcess):
             port: TCP port; a free one is chosen when omitted.
             durable: False turns off fsync, synchronous_commit and full_page_writes
                 (fast, crash-unsafe; for tests only).
+            settings: more server settings (`-c name=value`), e.g. ssl and hba_file for the rehearsal.
         """
         super().__init__()
         self.data_dir = Path(data_dir).absolute()
         self.port = check_port(self._service, port) if port is not None else find_free_port()
         self.durable = durable
+        self.settings = dict(settings or {})
         self.log_path = self.data_dir / "server.log"
         self._socket_dir: Path | None = None
         self._own_socket_dir = False
@@ -231,6 +234,8 @@ class PostgresServer(ManagedProcess):
         ]
         if not self.durable:
             cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        for name, value in self.settings.items():
+            cmd += ["-c", f"{name}={value}"]
 
         with open_log(self.log_path) as log:
             log.write(f"--- starting postgres on 127.0.0.1:{self.port} ---\n".encode())

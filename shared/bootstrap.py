@@ -85,7 +85,8 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
     a dead instance."""
     source = instance_name(settings, role)
     pool = db.make_pool(str(settings.database_url), min_size=settings.db_pool_min,
-                        max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s, name=role)
+                        max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s, name=role,
+                        statement_timeout_ms=settings.db_statement_timeout_ms)
     await pool.open(wait=False)
     queue = JobQueue(request_path_client(str(settings.redis_url), settings.redis_timeout_s), settings)
 

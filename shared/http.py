@@ -8,14 +8,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import jwt
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shared.bootstrap import Deps, get_deps
-from shared.core import tracing
+from shared.core import oidc_keys, tracing
 from shared.core.auth import Principal, Role, authenticate, require_role
 from shared.core.errors import DomainError, InvalidInput, MethodNotAllowed, MisconfiguredInstance, PayloadTooLarge
+from shared.core.settings import Settings
 from shared.creation.models import validation_details
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,20 @@ async def _configured_deps() -> Deps:
                                     headers={"Retry-After": "30"}) from None
 
 
+async def _prepare_oidc_key(authorization: str | None, settings: Settings) -> None:
+    """A scheduler's RS256 token whose key is not in memory: fetch the JWKS in a thread, never on the event loop
+    (shared/core/oidc_keys.py); the check that follows reads the key from memory."""
+    if not settings.scheduler_service_account or not authorization:
+        return
+    token = authorization.strip().partition(" ")[2].strip()
+    try:
+        algorithm = jwt.get_unverified_header(token).get("alg") if token else None
+    except jwt.PyJWTError:
+        return  # not a token at all: authenticate() answers 401
+    if algorithm == "RS256":
+        await oidc_keys.prepare(settings.oidc_jwks_url, token)
+
+
 # The caller of a public route (`roles=()`: sign-in, set-password), which carries no bearer token.
 ANONYMOUS = Principal(subject="anonymous", role=Role.MEMBER)
 
@@ -108,6 +124,7 @@ def endpoint(*, methods: tuple[str, ...], roles: tuple[Role, ...]) -> Callable[[
                                            headers={"Allow": ", ".join(methods)})
                 deps = await _configured_deps()
                 if roles:
+                    await _prepare_oidc_key(request.headers.get("authorization"), deps.settings)
                     principal = authenticate(request.headers.get("authorization"), deps.settings)
                     await deps.sessions.check(principal)  # an ended session: 401 (no round trip, see sessions)
                     require_role(principal, *roles)

@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
         "Never runs gcloud or terraform."))
     parser.add_argument("--project", required=True, help="Google Cloud project id")
     parser.add_argument("--region", default=DeployConfig.region)
+    parser.add_argument("--project-number", default="", help="the project's number (gcloud rendering: needed for "
+                        "the scheduled functions' OIDC audience; Terraform reads it)")
     parser.add_argument("--env", dest="env_name", default=DeployConfig.env_name, help="environment name (prod)")
     parser.add_argument("--format", choices=("terraform", "gcloud"), default="terraform")
     parser.add_argument("--out", type=Path, help="write the files into this directory (else: print them)")
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     excludes: tuple[str, ...] = SOURCE_EXCLUDES
     if writing and args.out.resolve().is_relative_to(REPO_ROOT):  # never zip terraform's own directory
         excludes = (*excludes, args.out.resolve().relative_to(REPO_ROOT).as_posix())
-    config = DeployConfig(project=args.project, region=args.region, env_name=args.env_name, image_source=source,
+    config = DeployConfig(project=args.project, project_number=args.project_number, region=args.region,
+                          env_name=args.env_name, image_source=source,
                           image=args.image, domain=args.domain, email_sender=args.email_sender,
                           set_password_url=args.set_password_url, source_excludes=excludes)
     specs = load_manifest()

@@ -20,6 +20,10 @@ MIGRATE_SECRET = "MIGRATE_DATABASE_URL"  # noqa: S105 - the name of a secret, no
 CA_SECRETS = {"REDIS_URL": ("REDIS_CA", REDIS_CA_DIR), "DATABASE_URL": ("SQL_CA", SQL_CA_DIR)}
 # Set by the load balancer on every answer: HTTPS only from now on (a year), and nothing of this API is cached.
 EDGE_RESPONSE_HEADERS = ("Strict-Transport-Security: max-age=31536000; includeSubDomains", "Cache-Control: no-store")
+# What Google's global external Application Load Balancer does to X-Forwarded-For: it appends
+# `<client ip>, <load balancer ip>` to whatever the client sent. A function behind it therefore finds the real
+# client in the second entry from the right: its TRUSTED_PROXY_HOPS is the number of entries the front appends.
+EXTERNAL_ALB_XFF_APPENDS = ("<client ip>", "<load balancer ip>")
 TLS_MIN_VERSION = "TLS_1_2"
 TLS_PROFILE = "MODERN"
 SHUTDOWN_GRACE_S = 8  # Cloud Run sends SIGKILL 10 s after SIGTERM: finish running jobs before that
@@ -53,6 +57,10 @@ class DeployConfig:
 
     project: str
     region: str = "europe-west1"
+    # The project's number: scheduled functions' OIDC audience is their deterministic Cloud Run URL,
+    # https://<service>-<number>.<region>.run.app. Terraform reads it (data.google_project); the gcloud rendering
+    # needs it given (--project-number).
+    project_number: str = ""
     env_name: str = "prod"
     image_source: str = "."  # the repository, as seen from where terraform / gcloud run
     image: str = ""  # container image of workers and the migrate job; default: Artifact Registry in the project

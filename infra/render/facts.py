@@ -9,6 +9,7 @@ from infra.render.config import (
     APP_ROOT,
     CA_FILE,
     CA_SECRETS,
+    EXTERNAL_ALB_XFF_APPENDS,
     KINDS,
     MIGRATE_SECRET,
     SHUTDOWN_GRACE_S,
@@ -43,8 +44,33 @@ def scheduled(specs: dict[str, FunctionSpec]) -> list[FunctionSpec]:
 
 
 def routed(specs: dict[str, FunctionSpec]) -> list[FunctionSpec]:
-    """The functions behind the load balancer (those with routes), by name."""
-    return [spec for spec in served(specs) if spec.routes]
+    """The functions behind the load balancer: the http functions with routes, by name.
+
+    A scheduled function is never behind it: only Cloud Scheduler's identity may invoke it (Cloud Run's IAM
+    checks the OIDC token before the function runs, ingress internal-only), so no flood from the internet
+    reaches its one instance. Its manifest route is the path the scheduler job calls on the function's URL.
+    """
+    return [spec for spec in served(specs) if spec.routes and spec.kind == "http"]
+
+
+def public(spec: FunctionSpec) -> bool:
+    """Whether a function is behind the load balancer (allUsers invoker, ingress internal-and-gclb)."""
+    return spec.kind == "http" and bool(spec.routes)
+
+
+def trusted_proxy_hops(spec: FunctionSpec) -> int:
+    """X-Forwarded-For entries the front appends before the function sees the request (counted from the right):
+    the external Application Load Balancer appends the client's address and its own, so the client is the
+    second from the right. 0 for a function no load balancer fronts."""
+    return len(EXTERNAL_ALB_XFF_APPENDS) if public(spec) else 0
+
+
+def scheduled_audience(spec: FunctionSpec, config: DeployConfig, project_number: str) -> str:
+    """The OIDC audience of a scheduled function: its deterministic Cloud Run URL
+    (https://<service>-<project number>.<region>.run.app), fixed before the deploy, so it is rendered into both
+    the scheduler job's token and the function's OIDC_AUDIENCE. Cloud Run's IAM accepts it as the service's own
+    URL (a custom audience would need `custom_audiences`, which a Cloud Run function resource cannot set)."""
+    return f"https://{function_name(spec, config)}-{project_number}.{config.region}.run.app"
 
 
 def lb_path(path: str) -> str:
@@ -178,7 +204,12 @@ def function_env(spec: FunctionSpec, config: DeployConfig, values: dict[str, str
         # puts only the source's folder (functions/) on sys.path, so `shared` is found from the app root.
         env["PYTHONPATH"] = APP_ROOT
     if spec.kind == "scheduled":
-        # Cloud Scheduler calls with a Google-signed OIDC token of this account (checked by the function).
+        # Cloud Scheduler calls with a Google-signed OIDC token of this account, for this audience (both checked by
+        # Cloud Run's IAM and again by the function; without OIDC_AUDIENCE production settings refuse to load).
         env["SCHEDULER_SERVICE_ACCOUNT"] = values["scheduler_email"]
+        env["OIDC_AUDIENCE"] = scheduled_audience(spec, config, values["project_number"])
+    hops = trusted_proxy_hops(spec)
+    if hops:
+        env["TRUSTED_PROXY_HOPS"] = str(hops)
     return env
 

@@ -26,9 +26,11 @@ from infra.render.facts import (
     function_name,
     max_connections,
     module_of,
+    public,
     readable_secrets,
     routed,
     scheduled,
+    scheduled_audience,
     secrets_of,
     served,
     validate,
@@ -39,11 +41,11 @@ from infra.render.url_map import url_map
 
 def _gcloud_values(config: DeployConfig) -> dict[str, str]:
     values = {"domain": config.domain, "email_sender": config.email_sender,
-              "set_password_url": config.set_password_url}
+              "set_password_url": config.set_password_url, "project_number": config.project_number}
     missing = [key for key, value in values.items() if not value]
     if missing:
         raise ValueError(f"the gcloud rendering needs {', '.join(missing)} (--domain, --email-sender, "
-                         f"--set-password-url)")
+                         f"--set-password-url, --project-number)")
     return values  # set_password_url is checked to be https:// by validate()
 
 
@@ -200,8 +202,8 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
             f"--concurrency={spec.concurrency}", f"--min-instances={spec.min_instances}",
             f"--max-instances={spec.max_instances}",
             f"--run-service-account={email(accounts[account_of(spec)])}",
-            "--ingress-settings=" + ("internal-and-gclb" if spec.routes else "internal-only"),
-            "--allow-unauthenticated" if spec.routes else "--no-allow-unauthenticated",
+            "--ingress-settings=" + ("internal-and-gclb" if public(spec) else "internal-only"),
+            "--allow-unauthenticated" if public(spec) else "--no-allow-unauthenticated",
             f"--vpc-connector={connector}", "--egress-settings=private-ranges-only",
             "--set-env-vars=" + _kv(dict(sorted(function_env(spec, config, values).items()))),
             _secret_flags(config, {env: env for env in secrets_of(spec)}),
@@ -220,7 +222,8 @@ def gcloud_commands(specs: dict[str, FunctionSpec], config: DeployConfig) -> lis
             f"--uri={base}{route.path if route else '/'}",
             f"--http-method={(route.method if route else 'POST').lower()}",
             f"--oidc-service-account-email={email(config.scheduler_service_account)}",
-            f"--oidc-token-audience={base}", f"--attempt-deadline={min(max(spec.timeout_s, 15), 1800)}s",
+            f"--oidc-token-audience={scheduled_audience(spec, config, config.project_number)}",
+            f"--attempt-deadline={min(max(spec.timeout_s, 15), 1800)}s",
             "--max-retry-attempts=1", p))
 
     if routed(specs):

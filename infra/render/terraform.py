@@ -71,12 +71,14 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
     """
     validate(specs, config)
     tf = Terraform()
-    tf.files["main.tf.json"] = {
+    # The settings block alone in its file: checkov's Terraform JSON parser cannot read it, and would otherwise
+    # skip every resource next to it (infra/README.md, "IaC scan").
+    tf.files["versions.tf.json"] = {
         "terraform": {"required_version": ">= 1.5.0", "required_providers": {
             "google": {"source": "hashicorp/google", "version": ">= 6.50.0, < 8.0.0"},
             "archive": {"source": "hashicorp/archive", "version": ">= 2.4.0"}}},
-        "provider": {"google": {"project": config.project, "region": config.region}},
     }
+    tf.files["main.tf.json"] = {"provider": {"google": {"project": config.project, "region": config.region}}}
     tf.block("main.tf.json", "variable", "image", {
         "type": "string", "default": config.image_ref,
         "description": "container image (this repository, built with buildpacks) of the workers and migrate job; "
@@ -95,14 +97,18 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
         tf.resource("main.tf.json", "google_project_service", api, {
             "service": f"{api}.googleapis.com", "disable_on_destroy": False})
     emails = tf_accounts(tf, config)
+    tf.block("main.tf.json", "data", "google_project", {"this": {"project_id": config.project}})
+    project_number = config.project_number or "${data.google_project.this.number}"
     values = {"domain": var("api_domain"), "email_sender": var("email_sender"),
-              "set_password_url": var("set_password_url"), "scheduler_email": emails["scheduler"]}
+              "set_password_url": var("set_password_url"), "scheduler_email": emails["scheduler"],
+              "project_number": project_number}
 
     tf_network(tf, config)
     tf_state(tf, specs, config, emails)
     tf.resource("functions.tf.json", "google_storage_bucket", "source", {
         "name": f"{config.project}-{config.prefix}-source", "location": config.region,
-        "uniform_bucket_level_access": True, "public_access_prevention": "enforced", "force_destroy": False})
+        "uniform_bucket_level_access": True, "public_access_prevention": "enforced", "force_destroy": False,
+        "versioning": {"enabled": True}})
     tf.block("functions.tf.json", "data", "archive_file", {"source": {
         "type": "zip", "source_dir": config.image_source, "excludes": list(config.source_excludes),
         "output_path": "${path.module}/.build/source.zip"}})
@@ -118,7 +124,7 @@ def render_terraform(specs: dict[str, FunctionSpec], config: DeployConfig) -> di
         tf_worker(tf, spec, config, values, emails)
     tf_migrate(tf, config, emails)
     for spec in scheduled(specs):
-        tf_scheduler(tf, spec, config, emails)
+        tf_scheduler(tf, spec, config, emails, project_number)
     if routed(specs):
         tf_load_balancer(tf, specs, config)
         tf.block("outputs.tf.json", "output", "api_ip", {

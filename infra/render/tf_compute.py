@@ -18,6 +18,8 @@ from infra.render.facts import (
     function_env,
     function_name,
     module_of,
+    public,
+    scheduled_audience,
     secrets_of,
 )
 from infra.render.tf_base import Terraform, ref, var
@@ -52,7 +54,8 @@ def tf_function(tf: Terraform, spec: FunctionSpec, config: DeployConfig, values:
             "max_instance_count": spec.max_instances,
             "available_memory": config.function_memory,
             "available_cpu": config.function_cpu,
-            "ingress_settings": "ALLOW_INTERNAL_AND_GCLB" if spec.routes else "ALLOW_INTERNAL_ONLY",
+            # Scheduled functions: internal only (Cloud Scheduler of the same project counts as internal).
+            "ingress_settings": "ALLOW_INTERNAL_AND_GCLB" if public(spec) else "ALLOW_INTERNAL_ONLY",
             "all_traffic_on_latest_revision": True,
             "service_account_email": emails["functions"],
             "vpc_connector": ref("google_vpc_access_connector", "main"),
@@ -74,7 +77,7 @@ def tf_function(tf: Terraform, spec: FunctionSpec, config: DeployConfig, values:
     function = "google_cloudfunctions2_function"
     invoker = {"name": ref(function, spec.name, "name"), "location": ref(function, spec.name, "location"),
                "role": "roles/run.invoker"}
-    if spec.routes:  # reachable only through the load balancer (ingress); callers are checked by their token
+    if public(spec):  # reachable only through the load balancer (ingress); callers are checked by their token
         tf.resource(f, "google_cloud_run_v2_service_iam_member", f"{spec.name}_public", {**invoker,
                                                                                           "member": "allUsers"})
     if spec.kind == "scheduled":
@@ -165,7 +168,8 @@ def tf_migrate(tf: Terraform, config: DeployConfig, emails: dict[str, str]) -> N
     })
 
 
-def tf_scheduler(tf: Terraform, spec: FunctionSpec, config: DeployConfig, emails: dict[str, str]) -> None:
+def tf_scheduler(tf: Terraform, spec: FunctionSpec, config: DeployConfig, emails: dict[str, str],
+                 project_number: str) -> None:
     base = ref("google_cloudfunctions2_function", spec.name, "service_config[0].uri")
     route = spec.routes[0] if spec.routes else None
     tf.resource("scheduler.tf.json", "google_cloud_scheduler_job", spec.name, {
@@ -177,7 +181,8 @@ def tf_scheduler(tf: Terraform, spec: FunctionSpec, config: DeployConfig, emails
         "http_target": {
             "http_method": route.method if route else "POST",
             "uri": base + (route.path if route else "/"),
-            "oidc_token": {"service_account_email": emails["scheduler"], "audience": base},
+            "oidc_token": {"service_account_email": emails["scheduler"],
+                           "audience": scheduled_audience(spec, config, project_number)},
         },
         "depends_on": [f"google_cloud_run_v2_service_iam_member.{spec.name}_scheduler"],
     })

@@ -6,7 +6,9 @@ The file-level rules (the sales desk's preview applies the same ones in the brow
 - CSV: the first record is the header, `email,full_name[,phone,product]` in any order and case; the delimiter
   is `,` or `;`, decided by which one makes that header name the required columns. Quoted fields (with `""`
   and line breaks inside) follow RFC 4180 through Python's `csv` module. Blank records are skipped.
-- JSON: an array of objects with the fields of `POST /api/users`.
+- JSON: an array of objects with the fields of `POST /api/users`. Keys other than those are not kept while the
+  JSON is read: the row is rejected naming at most `SHOWN_UNKNOWN_KEYS` of them and how many more (a row with
+  200,000 made-up keys costs a list of pairs for a moment, never a dict or a validation error per key).
 - Rows are numbered from 1 (the first data record; in a CSV that is the line after the header when no field
   spans lines). More than the configured maximum (5,000): 422 `too_many_rows`.
 """
@@ -28,6 +30,42 @@ DELIMITERS = (",", ";")
 CSV_TYPES = {"text/csv", "application/csv", "text/comma-separated-values", "application/vnd.ms-excel"}
 SNIFFED_TYPES = {"", "text/plain", "application/octet-stream"}
 _BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+SHOWN_UNKNOWN_KEYS = 3  # a row error names at most this many unknown keys
+
+
+class _Object(dict[str, Any]):
+    """A JSON object as read: only the known fields kept; `unknown` = (first few unknown keys, how many)."""
+
+    unknown: tuple[tuple[str, ...], int] = ((), 0)
+
+
+def _known_fields_only(pairs: list[tuple[str, Any]]) -> _Object:
+    """json.loads' object_pairs_hook: keep the known fields (the last of a repeated key, as json does), count the
+    rest and remember the first few of their names (each cut to 40 characters)."""
+    kept = _Object()
+    shown: list[str] = []
+    extra = 0
+    for key, value in pairs:
+        if key in COLUMNS:
+            kept[key] = value
+            continue
+        extra += 1
+        if len(shown) < SHOWN_UNKNOWN_KEYS:
+            shown.append(key[:40])
+    if extra:
+        kept.unknown = (tuple(shown), extra)
+    return kept
+
+
+def _json_row(number: int, item: _Object) -> UploadRow:
+    """One JSON row; with unknown keys, one fault against the first of them, naming a few more and the count."""
+    shown, count = item.unknown
+    if not count:
+        return UploadRow(number, item)
+    others = f"; {count - 1:,} more: {', '.join(repr(k) for k in shown[1:])}" if count > 1 else ""
+    if count > len(shown):
+        others += ", ..."
+    return UploadRow(number, item, f"unknown field (the fields are {', '.join(COLUMNS)}){others}", shown[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +74,8 @@ class UploadRow:
 
     row: int
     fields: dict[str, Any] | None
-    problem: str | None = None  # a record-level fault (too many cells, value in an unnamed column)
+    problem: str | None = None  # a record-level fault (too many cells, value in an unnamed column, unknown keys)
+    problem_field: str = "row"  # what the fault is reported against (an unknown key's name)
 
     @property
     def email_cell(self) -> str:
@@ -89,7 +128,7 @@ def parse_upload(body: bytes, content_type: str | None, *, max_rows: int) -> lis
 
 def _json_rows(text: str, max_rows: int) -> list[UploadRow]:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_known_fields_only)
     except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer past Python's 4,300-digit limit
         raise _invalid("the body is not valid JSON") from None
     if not isinstance(data, list):
@@ -99,8 +138,8 @@ def _json_rows(text: str, max_rows: int) -> list[UploadRow]:
     if len(data) > max_rows:
         raise TooManyRows(f"{len(data)} rows: at most {max_rows} per upload",
                           details=[{"field": "file", "message": f"at most {max_rows} rows"}])
-    return [UploadRow(i, item if isinstance(item, dict) else None, None if isinstance(item, dict)
-                      else "each row must be a JSON object") for i, item in enumerate(data, start=1)]
+    return [_json_row(i, item) if isinstance(item, _Object)
+            else UploadRow(i, None, "each row must be a JSON object") for i, item in enumerate(data, start=1)]
 
 
 def _header(text: str) -> tuple[str, list[str]]:

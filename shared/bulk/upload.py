@@ -41,6 +41,11 @@ from shared.creation.quota import Charge
 log = logging.getLogger(__name__)
 
 PENDING = ("queued", "processing")
+# What one rejected row may add to the batch (answered and stored in bulk_batches.rejected): at most this many
+# entries, each field name and message cut to these lengths. 5,000 rows x 4 entries bound the stored list.
+MAX_ERRORS_PER_ROW = 4
+MAX_FIELD_CHARS = 64
+MAX_MESSAGE_CHARS = 300
 CSV_INJECTION_LEADS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -66,15 +71,17 @@ def check_rows(rows: list[UploadRow]) -> CheckedUpload:
     first_row: dict[str, int] = {}
     for item in rows:
         if item.problem or item.fields is None:
-            checked.rejected.append({"row": item.row, "field": "row", "message": item.problem or "invalid row",
+            checked.rejected.append({"row": item.row, "field": item.problem_field[:MAX_FIELD_CHARS],
+                                     "message": (item.problem or "invalid row")[:MAX_MESSAGE_CHARS],
                                      "email": item.email_cell})
             continue
         try:
             command = CreateUserCommand.model_validate(item.fields)
         except ValidationError as exc:
-            for err in exc.errors():
+            for err in exc.errors()[:MAX_ERRORS_PER_ROW]:
                 name = ".".join(str(part) for part in err.get("loc", ())) or "row"
-                checked.rejected.append({"row": item.row, "field": name, "message": err.get("msg", "invalid"),
+                checked.rejected.append({"row": item.row, "field": name[:MAX_FIELD_CHARS],
+                                         "message": str(err.get("msg", "invalid"))[:MAX_MESSAGE_CHARS],
                                          "email": item.email_cell})
             continue
         norm = command.email_normalized

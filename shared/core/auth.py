@@ -10,7 +10,6 @@ clock checks it); `exp` is checked without leeway.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import jwt
 
+from shared.core import oidc_keys
 from shared.core.errors import Forbidden, Unauthorized
 from shared.core.settings import Settings
 
@@ -192,11 +192,6 @@ def _algorithm(token: str) -> str:
         return ""
 
 
-@functools.cache
-def _jwks_client(url: str) -> jwt.PyJWKClient:
-    return jwt.PyJWKClient(url, cache_keys=True, lifespan=3600, timeout=5)
-
-
 def _authenticate_scheduler(token: str, settings: Settings) -> Principal:
     """A Google-signed OIDC ID token of the configured scheduler service account (RS256, Google's keys).
 
@@ -207,8 +202,8 @@ def _authenticate_scheduler(token: str, settings: Settings) -> Principal:
     if not settings.oidc_audience:
         raise Unauthorized("no OIDC audience is configured for scheduled calls", headers={"WWW-Authenticate": "Bearer"})
     try:
-        key = _jwks_client(settings.oidc_jwks_url).get_signing_key_from_jwt(token)
-        claims = jwt.decode(token, key.key, algorithms=["RS256"], issuer=list(settings.oidc_issuers),
+        key = oidc_keys.signing_key(settings.oidc_jwks_url, token)  # from memory: shared/core/oidc_keys.py
+        claims = jwt.decode(token, key, algorithms=["RS256"], issuer=list(settings.oidc_issuers),
                             audience=settings.oidc_audience, options={"require": ["exp", "iss", "aud", "email"]})
     except jwt.PyJWTError:
         raise Unauthorized("the token is not valid", headers={"WWW-Authenticate": "Bearer"}) from None

@@ -22,10 +22,21 @@ log = logging.getLogger(__name__)
 MIGRATIONS_LOCK_ID = 7_300_001  # pg_advisory_lock key: one migration runner at a time
 
 
-def make_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float, name: str) -> AsyncConnectionPool[Any]:
+def with_statement_timeout(dsn: str, timeout_ms: int) -> dict[str, str]:
+    """The libpq `options` that set `statement_timeout` on every connection (next to any the DSN already has);
+    {} for 0 (no limit)."""
+    if not timeout_ms:
+        return {}
+    given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") or ""
+    return {"options": f"{given} -c statement_timeout={int(timeout_ms)}".strip()}
+
+
+def make_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float, name: str,
+              statement_timeout_ms: int = 0) -> AsyncConnectionPool[Any]:
     """A pool that is not opened yet: the owner opens it (`await pool.open(wait=False)`) and closes it.
 
     Connections are in autocommit mode: a statement commits alone, `async with conn.transaction()` groups.
+    `statement_timeout_ms` bounds every statement of its connections (the server cancels it: 57014).
     """
     return AsyncConnectionPool(
         dsn,
@@ -36,7 +47,7 @@ def make_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float, name:
         name=name,
         reconnect_timeout=0,  # keep trying to refill the pool for as long as the process lives
         kwargs={"connect_timeout": max(1, int(timeout_s)), "row_factory": dict_row,
-                "application_name": name, "autocommit": True},
+                "application_name": name, "autocommit": True, **with_statement_timeout(dsn, statement_timeout_ms)},
     )
 
 

@@ -57,7 +57,8 @@ class Settings(BaseModel):
     oidc_jwks_url: str = Field("https://www.googleapis.com/oauth2/v3/certs", alias="OIDC_JWKS_URL")
     oidc_issuers: tuple[str, ...] = Field(("https://accounts.google.com", "accounts.google.com"),
                                          alias="OIDC_ISSUERS")
-    # The audience the scheduler's OIDC token must carry: the cleanup function's URL. Empty: refuse every one.
+    # The audience the scheduler's OIDC token must carry: the scheduled function's deterministic Cloud Run URL, which
+    # the deploy rendering writes here and into the scheduler job (infra/README.md). Empty: refuse every one.
     oidc_audience: str = Field("", alias="OIDC_AUDIENCE")
 
     ses_endpoint_url: AnyUrl | None = Field(None, alias="AWS_ENDPOINT_URL_SES")
@@ -74,7 +75,8 @@ class Settings(BaseModel):
     # Accepted creations per caller (`sub`) in any 60 s, across every instance; 0: no limit.
     create_quota_per_minute: int = Field(120, alias="CREATE_QUOTA_PER_MINUTE", ge=0)
     # Sign-in (POST /api/auth/sign-in): token lifetime, the throttle, and which X-Forwarded-For entry is the
-    # client (counted from the right: 1 = the last hop's, as the local gateway appends it). The throttle counts
+    # client (counted from the right: 1 = the last hop's, as the local gateway writes it; 2 behind Google's external
+    # load balancer, which appends `<client ip>, <lb ip>`: the deploy rendering sets it). The throttle counts
     # attempts per (account, client) and per client, each refused over its limit (429); per account it only
     # alerts (`sign_in_attack`) from SIGN_IN_ACCOUNT_ALERT_AT on, never locking the owner out
     # (docs/sign-in-and-sessions.md).
@@ -118,6 +120,9 @@ class Settings(BaseModel):
     db_pool_min: int = Field(1, alias="DB_POOL_MIN", ge=0)
     db_pool_max: int = Field(10, alias="DB_POOL_MAX", ge=1)
     db_timeout_s: float = Field(2.0, alias="DB_TIMEOUT_S", gt=0)
+    # Every statement of the pool's connections is cancelled past this (0: none). The runtime role also has its
+    # own 30 s default in the database (migration 0020), a backstop for connections made outside the pool.
+    db_statement_timeout_ms: int = Field(15_000, alias="DB_STATEMENT_TIMEOUT_MS", ge=0, le=600_000)
 
     log_retention_days: int = Field(7, alias="LOG_RETENTION_DAYS", ge=1)
     # Finished requests, bulk rejected/duplicate cells, outbox rows and health events older than this keep ids,
@@ -183,7 +188,7 @@ class Settings(BaseModel):
             raise ValueError("SET_PASSWORD_URL must be set to an https:// URL in production (the link in every "
                              "welcome email)")
         if self.scheduler_service_account and not self.oidc_audience:
-            raise ValueError("OIDC_AUDIENCE must be set (the cleanup function's URL) when "
+            raise ValueError("OIDC_AUDIENCE must be set (the scheduled function's URL) when "
                              "SCHEDULER_SERVICE_ACCOUNT is set")
         return self
 

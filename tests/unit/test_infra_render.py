@@ -29,7 +29,12 @@ SECRETS = ("DATABASE_URL", "REDIS_URL", "AUTH_JWT_SECRET", "AWS_ACCESS_KEY_ID", 
 CAS = {"REDIS_URL": ("redis_ca", "/secrets/redis-ca"), "DATABASE_URL": ("sql_ca", "/secrets/sql-ca")}
 STATIC = ("admin_panel", "openapi_spec", "healthz")  # answer without any secret
 CONFIG = DeployConfig(project="example-project", domain="api.example.com", email_sender="no-reply@example.com",
-                      set_password_url="https://app.example.com/set-password")
+                      set_password_url="https://app.example.com/set-password", project_number="123456789012")
+
+
+def public(spec: FunctionSpec) -> bool:
+    """Behind the load balancer: an http function with routes (a scheduled one never is)."""
+    return spec.kind == "http" and bool(spec.routes)
 
 
 def terraform(specs: dict[str, FunctionSpec] | None = None, config: DeployConfig = CONFIG) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def test_every_function_is_deployed_by_its_kind_with_the_manifest_limits() -> No
             assert service["max_instance_count"] == spec.max_instances
             assert service["vpc_connector"] == "${google_vpc_access_connector.main.id}"
             assert service["available_memory"]
-            assert service["ingress_settings"] == ("ALLOW_INTERNAL_AND_GCLB" if spec.routes else "ALLOW_INTERNAL_ONLY")
+            assert service["ingress_settings"] == ("ALLOW_INTERNAL_AND_GCLB" if public(spec) else "ALLOW_INTERNAL_ONLY")
             invokers = {key: value for key, value in resources(doc, "google_cloud_run_v2_service_iam_member").items()
                         if value["name"] == f"${{google_cloudfunctions2_function.{name}.name}}"}
             assert invokers and all(v["role"] == "roles/run.invoker" for v in invokers.values())
@@ -150,6 +155,9 @@ def test_every_route_reaches_its_function_through_the_one_load_balancer() -> Non
     for name, spec in specs.items():
         for route in spec.routes:
             target, status = route_request(url_map, route.method, sample(route.path))
+            if not public(spec):  # scheduled: only Cloud Scheduler calls it, on the function's own URL
+                assert status == 404 and name not in backends and name not in negs, (name, route)
+                continue
             assert (target, status) == (f"${{google_compute_backend_service.{name}.id}}", 0), (name, route)
             if route.method == "GET":
                 assert route_request(url_map, "HEAD", sample(route.path))[0] == target
@@ -188,8 +196,11 @@ def test_every_scheduled_function_has_a_scheduler_job_with_an_oidc_token() -> No
         uri = f"${{google_cloudfunctions2_function.{name}.service_config[0].uri}}"
         assert target["http_method"] == "POST"
         assert target["uri"].startswith(uri)
+        audience = f"https://{function_name(spec, CONFIG)}-123456789012.europe-west1.run.app"
         assert target["oidc_token"] == {"service_account_email": "${google_service_account.scheduler.email}",
-                                        "audience": uri}
+                                        "audience": audience}
+        env = resources(doc, "google_cloudfunctions2_function")[name]["service_config"]["environment_variables"]
+        assert env["OIDC_AUDIENCE"] == audience and env["SCHEDULER_SERVICE_ACCOUNT"].endswith(".email}")
         invoker = resources(doc, "google_cloud_run_v2_service_iam_member")[f"{name}_scheduler"]
         assert invoker["member"] == "serviceAccount:${google_service_account.scheduler.email}"
 
@@ -233,7 +244,7 @@ def test_cloud_sql_is_postgres_16_private_with_backups_pitr_and_room_for_every_p
     assert settings["ip_configuration"]["private_network"] == "${google_compute_network.main.id}"
     assert settings["backup_configuration"]["enabled"] is True
     assert settings["backup_configuration"]["point_in_time_recovery_enabled"] is True
-    flags = {flag["name"]: int(flag["value"]) for flag in settings["database_flags"]}
+    flags = {flag["name"]: int(flag["value"]) for flag in settings["database_flags"] if flag["value"].isdigit()}
     needed = sum(spec.max_instances for spec in specs.values()) * CONFIG.db_pool_max
     assert flags["max_connections"] >= needed and flags["max_connections"] == connection_budget(specs, CONFIG)
     assert resources(doc, "google_sql_database")["main"]["name"] == CONFIG.db_name
@@ -379,6 +390,8 @@ def test_four_service_accounts_each_hold_only_the_roles_they_need() -> None:
         for name, spec in specs.items() if spec.kind == "scheduled"}
     assert set(grants) - {member(a) for a in ("functions", "consumer", "migrate", "scheduler")} == {"allUsers"}
     assert {role for role, _ in grants["allUsers"]} == {"roles/run.invoker"}  # routed functions, behind the LB
+    assert {what for _, what in grants["allUsers"]} == {
+        f"${{google_cloudfunctions2_function.{name}.name}}" for name, spec in specs.items() if public(spec)}
     for name, spec in specs.items():
         if spec.kind == "worker":
             pool = resources(doc, "google_cloud_run_v2_worker_pool")[name]
@@ -427,7 +440,7 @@ def test_the_https_proxy_refuses_tls_below_1_2_and_the_edge_adds_hsts_and_no_sto
     assert resources(doc, "google_compute_target_https_proxy")["api"]["ssl_policy"] == (
         "${google_compute_ssl_policy.api.id}")
     backends = resources(doc, "google_compute_backend_service")
-    assert set(backends) == {name for name, spec in load_manifest().items() if spec.routes}
+    assert set(backends) == {name for name, spec in load_manifest().items() if public(spec)}
     for name, backend in backends.items():
         headers = dict(h.split(": ", 1) for h in backend["custom_response_headers"])
         assert headers["Strict-Transport-Security"].startswith("max-age=31536000"), name
@@ -562,7 +575,11 @@ def test_gcloud_commands_deploy_every_function_once_and_schedule_every_scheduled
     url_map = json.loads(gcloud_files(specs, CONFIG)["url-map.json"])
     backends = {rule["service"].rsplit("/", 1)[-1] for rule in url_map["pathMatchers"][0]["routeRules"]
                 if "service" in rule}
-    assert backends == {f"{function_name(spec, CONFIG)}-backend" for spec in specs.values() if spec.routes}
+    assert backends == {f"{function_name(spec, CONFIG)}-backend" for spec in specs.values() if public(spec)}
+    for spec in specs.values():
+        if spec.kind == "scheduled":
+            args = deploys[function_name(spec, CONFIG)]
+            assert "--no-allow-unauthenticated" in args and "--ingress-settings=internal-only" in args
     with pytest.raises(ValueError, match="domain"):
         gcloud_commands(specs, DeployConfig(project="p"))
 
@@ -620,7 +637,7 @@ def test_main_dry_run_prints_the_terraform_files_and_writes_nothing(capsys: pyte
 def test_main_gcloud_dry_run_prints_commands_and_out_writes_files(capsys: pytest.CaptureFixture[str],
                                                                    tmp_path: Any) -> None:
     args = ["--project", "p", "--format", "gcloud", "--domain", "api.example.com", "--email-sender", "a@example.com",
-            "--set-password-url", "https://app.example.com/set-password"]
+            "--set-password-url", "https://app.example.com/set-password", "--project-number", "123456789012"]
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "gcloud functions deploy " in out and "gcloud scheduler jobs create http " in out
@@ -632,3 +649,74 @@ def test_main_gcloud_dry_run_prints_commands_and_out_writes_files(capsys: pytest
     main_tf = json.loads((tmp_path / "tf" / "functions.tf.json").read_text())
     source_dir = main_tf["data"]["archive_file"]["source"]["source_dir"]
     assert (tmp_path / "tf" / source_dir / "infra" / "functions.toml").resolve().is_file()
+
+
+# ------------------------------------------------- what the functions need to run as rendered (issue 21)
+
+
+def _rendered_env(spec: FunctionSpec, doc: dict[str, Any]) -> dict[str, str]:
+    body = resources(doc, "google_cloudfunctions2_function")[spec.name]
+    return dict(body["service_config"]["environment_variables"])
+
+
+@pytest.mark.parametrize("render", ["terraform", "gcloud"])
+def test_every_scheduled_function_loads_production_settings_from_its_rendered_environment(render: str) -> None:
+    """Rendered without OIDC_AUDIENCE, production Settings() refused to load: every scheduled function answered
+    503 and the watchdog, cleanup, tick and drain never ran."""
+    specs = load_manifest()
+    secrets = {"DATABASE_URL": "postgresql://u@10.0.0.3/p", "REDIS_URL": "rediss://:x@10.0.0.4:6378/0",
+               "AUTH_JWT_SECRET": "kQ3v9ZrT1mXw8LpA2sYd7HnB4cFj6GtU0eRi5VoN"}
+    doc = terraform(specs)
+    commands = [shlex.split(c) for c in gcloud_commands(specs, CONFIG)]
+    for spec in specs.values():
+        if spec.kind != "scheduled":
+            continue
+        if render == "terraform":
+            env = _rendered_env(spec, doc)
+            env["SCHEDULER_SERVICE_ACCOUNT"] = "provisioner-scheduler@example-project.iam.gserviceaccount.com"
+            env["SET_PASSWORD_URL"] = "https://app.example.com/set-password"
+        else:
+            (deploy,) = [a for a in commands if a[:3] == ["gcloud", "functions", "deploy"]
+                         and a[3] == function_name(spec, CONFIG)]
+            (flag,) = [a for a in deploy if a.startswith("--set-env-vars=")]
+            raw = flag.removeprefix("--set-env-vars=")
+            sep = "|" if raw.startswith("^|^") else ","
+            env = dict(item.split("=", 1) for item in raw.removeprefix("^|^").split(sep))
+            (job,) = [a for a in commands if a[:4] == ["gcloud", "scheduler", "jobs", "create"]
+                      and a[5] == function_name(spec, CONFIG)]
+            assert f"--oidc-token-audience={env['OIDC_AUDIENCE']}" in job
+        settings = Settings(**{**env, **secrets})  # raises on the old rendering: OIDC_AUDIENCE must be set
+        assert settings.oidc_audience.startswith(f"https://{function_name(spec, CONFIG)}-")
+        assert settings.scheduler_service_account
+
+
+def test_functions_behind_the_load_balancer_find_the_client_in_googles_forwarded_for() -> None:
+    """Google's external Application Load Balancer sends `<client-sent>, <client ip>, <lb ip>`: with the
+    default TRUSTED_PROXY_HOPS=1 every caller was the load balancer (one sign-in throttle bucket for all)."""
+    from shared.accounts.signin import client_address
+
+    specs = load_manifest()
+    doc = terraform(specs)
+    for spec in specs.values():
+        if spec.kind == "worker":
+            continue
+        env = _rendered_env(spec, doc)
+        if not public(spec):
+            assert "TRUSTED_PROXY_HOPS" not in env
+            continue
+        hops = Settings(**{**env, "DATABASE_URL": "postgresql:///p", "REDIS_URL": "redis://x/0",
+                           "SET_PASSWORD_URL": "https://a.example/p"}).trusted_proxy_hops
+        google = ["198.51.100.7, 203.0.113.9, 130.211.0.5"]  # spoofed by the client, the client, the LB
+        assert client_address(google, "35.191.0.1", hops) == "203.0.113.9", spec.name
+
+
+def test_every_check_checkov_skips_is_listed_with_its_reason_in_the_infra_readme() -> None:
+    from infra.manifest import REPO_ROOT
+
+    config = (REPO_ROOT / "infra" / "checkov.yaml").read_text()
+    skipped = re.findall(r"^\s+- (CKV\w+)", config, flags=re.MULTILINE)
+    readme = (REPO_ROOT / "infra" / "README.md").read_text().split("## IaC scan (checkov)", 1)[1]
+    listed = re.findall(r"^\| `(CKV\w+)` \|[^|]+\|\s*\S", readme, flags=re.MULTILINE)
+    assert skipped and sorted(skipped) == sorted(listed)
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "--config-file infra/checkov.yaml" in ci and re.search(r"CHECKOV_VERSION=\d+\.\d+\.\d+", ci)
