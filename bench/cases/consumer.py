@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -19,8 +20,11 @@ async def _stop_all(ctx: Ctx, procs: list[Any]) -> None:
     await asyncio.gather(*(asyncio.to_thread(ctx.registry.stop, p) for p in procs))
 
 
-async def _start_consumers(ctx: Ctx, count: int, **overrides: str) -> list[ConsumerProc]:
-    consumers = [ctx.registry.add(ConsumerProc(ctx.env, ctx.log_dir, **overrides)).launch() for _ in range(count)]
+async def _start_consumers(ctx: Ctx, count: int, make: Callable[[], ConsumerProc] | None = None,
+                           **overrides: str) -> list[ConsumerProc]:
+    """`count` consumers (ours, or what `make` builds: the peer's worker), each once its consumer_started is in."""
+    make = make or (lambda: ConsumerProc(ctx.env, ctx.log_dir, **overrides))
+    consumers = [ctx.registry.add(make()).launch() for _ in range(count)]
     try:
         await asyncio.gather(*(c.wait_started(ctx.stack.database_url) for c in consumers))
     except BaseException:
@@ -36,7 +40,8 @@ async def _attempt_times(ctx: Ctx) -> list[float]:
         return [float(row["t"]) for row in await cur.fetchall()]
 
 
-async def drain(ctx: Ctx, *, consumers: int, requests: int, timeout_s: float, **overrides: str) -> dict[str, Any]:
+async def drain(ctx: Ctx, *, consumers: int, requests: int, timeout_s: float,
+                make: Callable[[], ConsumerProc] | None = None, **overrides: str) -> dict[str, Any]:
     """Pre-queue `requests` on a paused queue, start the consumers, resume, time until all are created.
 
     t0 is the resume (every consumer has logged `consumer_started` by then, so process start-up is not
@@ -46,7 +51,7 @@ async def drain(ctx: Ctx, *, consumers: int, requests: int, timeout_s: float, **
     queue = ctx.queue()
     await queue.pause()
     ids = await ctx.create_requests(requests)
-    procs = await _start_consumers(ctx, consumers, **overrides)
+    procs = await _start_consumers(ctx, consumers, make, **overrides)
     try:
         cpu0 = sum(tree_cpu_s(p.pid) for p in procs)
         t0 = time.time()
