@@ -55,7 +55,8 @@ async def test_a_job_added_on_the_link_is_what_queue_add_writes(stack, settings)
         assert by_link.opts == {**by_add.opts, "jobId": "req_linked"}
         assert await plain.queue.getJobCounts("waiting") == {"waiting": 2}
         # and the stored hashes hold the same fields, the id-bearing ones aside
-        stored = {job: await raw.hgetall(f"{prefix}:{settings.queue_name}:{job}") for job in ("req_linked", "req_plain")}
+        stored = {job: await raw.hgetall(f"{prefix}:{settings.queue_name}:{job}")
+                  for job in ("req_linked", "req_plain")}
         assert set(stored["req_linked"]) == set(stored["req_plain"])
         assert {k: v for k, v in stored["req_linked"].items() if k not in ("data", "opts", "timestamp")} == \
             {k: v for k, v in stored["req_plain"].items() if k not in ("data", "opts", "timestamp")}
