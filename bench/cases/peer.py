@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bench.cases.consumer import NO_LIMIT, drain
+from bench.cases.consumer import DRAIN_WARM_UP, NO_LIMIT, drain
 from bench.cases.http import _answers, _expect
 from bench.context import Ctx, load_average
 from bench.loadgen import Load, run_load
@@ -171,7 +171,7 @@ async def peer_consumer(ctx: Ctx) -> dict[str, Any]:
         for name in SIDES if r % 2 == 0 else tuple(reversed(SIDES)):
             make = (lambda: PeerWorker(peer_dir, ctx.env, ctx.log_dir, **NO_LIMIT)) if name == "peer" else None
             runs[name].append(await drain(ctx, consumers=1, requests=requests, timeout_s=180, make=make,
-                                          **NO_LIMIT))
+                                          warm_up=DRAIN_WARM_UP, **NO_LIMIT))
     cpu_ms = {name: sum(run["cpu_s_per_1000_users"] * run["requests"] for run in runs[name])
               / sum(run["requests"] for run in runs[name]) for name in SIDES}
     rate = {name: sum(run["requests"] for run in runs[name]) / sum(run["elapsed_s"] for run in runs[name])
