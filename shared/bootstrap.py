@@ -130,7 +130,7 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
     mailer = mailer or Mailer(settings)
     mailer.rate = EmailRate(
         queue.client, f"{counters}:email-rate", settings.email_rate_per_s, redis_usable=redis_usable,
-        on_redis_failure=breaker.failure,
+        on_redis_failure=breaker.failure, link=queue.link,
         availability=Transitions(pool, source, "email_rate_unavailable",
                                  "welcome-email rate not enforced: Redis cannot be read (failing open)",
                                  "email_rate_restored", "welcome-email rate enforced again"),

@@ -110,7 +110,8 @@ async def async_create_50_conns(ctx: Ctx) -> dict[str, Any]:
         p50_ms=result["p50_ms"], p99_ms=result["p99_ms"], max_ms=result["max_ms"], requests=result["requests"],
         duration_s=result["duration_s"], answers=_answers(result), errors=result["errors"],
         limit_p99_ms=limit["p99_ms"], create_cpu_s_per_1000_requests=1000 * cpu_s / result["requests"],
-        create_rss_hwm_mb=rss, load_generator=result["tool"], load_avg_1m=load_average()[0])
+        create_rss_hwm_mb=rss, load_generator=result["tool"],
+        generator_cores_used=result["generator_cpu_s"] / result["duration_s"], load_avg_1m=load_average()[0])
 
 
 async def _wait_status(server: FunctionServer, token: str, status: int, within_s: float = 10.0) -> None:

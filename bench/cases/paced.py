@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from bench.context import Ctx, load_average
+from bench.loadgen import children_cpu_s
 from bench.procs import ConsumerProc
 from bench.report import all_met, at_least, case_result, fmt, ratio
 
@@ -31,6 +32,7 @@ async def _paced(ctx: Ctx, urls: list[str], total: int, prefix: str) -> dict[str
            "--rate", str(RATE), "--connections", str(CONNECTIONS), "--prefix", prefix]
     for url in urls:
         cmd += ["--url", url]
+    before = children_cpu_s()
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
     try:
@@ -42,6 +44,7 @@ async def _paced(ctx: Ctx, urls: list[str], total: int, prefix: str) -> dict[str
     if proc.returncode != 0:
         raise RuntimeError(f"paced load exited {proc.returncode}: {err.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    result["generator_cpu_s"] = children_cpu_s() - before
     return result
 
 
@@ -97,6 +100,8 @@ async def paced_create_rate(ctx: Ctx) -> dict[str, Any]:
         errors=result["errors"], p50_ms=result["p50_ms"], p99_ms=result["p99_ms"], elapsed_s=result["elapsed_s"],
         recorded=int(row["recorded"]), users=int(users["ours"]), lost=lost, doubled=doubled,
         warm_up_requests=WARM_UP, warm_up_achieved_rate=float(warm["achieved_rate"]),
+        generator_cpu_ms_per_request=1000 * result["generator_cpu_s"] / total,
+        generator_cores_used=result["generator_cpu_s"] / float(result["elapsed_s"]),
         warm_up_p99_ms=warm["p99_ms"], warm_up_answered=int(warm["answered"]), warm_up_errors=warm["errors"],
         connections=CONNECTIONS,
         load_generator="tests/support/paced.py (httpx, open loop)",
