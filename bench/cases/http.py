@@ -86,7 +86,9 @@ async def async_create_50_conns(ctx: Ctx) -> dict[str, Any]:
     await run_load(Load(url=echo.url + "/", token=ctx.tokens["sales"], connections=50, max_requests=WARM_UP_50,
                         duration_s=60))
     ctx.wipe()
-    await _post_load(ctx, server, connections=50, requests=WARM_UP_50, duration_s=60)
+    cpu_w = tree_cpu_s(server.pid)
+    warm = await _post_load(ctx, server, connections=50, requests=WARM_UP_50, duration_s=60)
+    warm_cpu_s_per_1000 = 1000 * (tree_cpu_s(server.pid) - cpu_w) / max(1, warm["requests"])
     ctx.wipe()
     limit = await run_load(Load(url=echo.url + "/", token=ctx.tokens["sales"], connections=50,
                                 duration_s=duration))
@@ -111,7 +113,8 @@ async def async_create_50_conns(ctx: Ctx) -> dict[str, Any]:
         duration_s=result["duration_s"], answers=_answers(result), errors=result["errors"],
         limit_p99_ms=limit["p99_ms"], create_cpu_s_per_1000_requests=1000 * cpu_s / result["requests"],
         create_rss_hwm_mb=rss, load_generator=result["tool"],
-        generator_cores_used=result["generator_cpu_s"] / result["duration_s"], load_avg_1m=load_average()[0])
+        generator_cores_used=result["generator_cpu_s"] / result["duration_s"], warm_up_requests=warm["requests"],
+        warm_up_cpu_s_per_1000_requests=warm_cpu_s_per_1000, warm_up_rps=warm["rps"], load_avg_1m=load_average()[0])
 
 
 async def _wait_status(server: FunctionServer, token: str, status: int, within_s: float = 10.0) -> None:
