@@ -104,5 +104,5 @@ async def paced_create_rate(ctx: Ctx) -> dict[str, Any]:
         generator_cores_used=result["generator_cpu_s"] / float(result["elapsed_s"]),
         warm_up_p99_ms=warm["p99_ms"], warm_up_answered=int(warm["answered"]), warm_up_errors=warm["errors"],
         connections=CONNECTIONS,
-        load_generator="tests/support/paced.py (httpx, open loop)",
+        load_generator="tests/support/paced.py (raw HTTP/1.1 keep-alive, open loop)",
         load_avg_1m=load_average()[0])
