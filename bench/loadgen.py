@@ -13,6 +13,7 @@ import collections
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -56,9 +57,18 @@ def wrk_available() -> bool:
 async def run_load(load: Load) -> dict[str, Any]:
     """Run one bounded load and return its figures (see the module docstring)."""
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
-    if wrk_available():
-        return await _run_wrk(load, prefix)
-    return await _run_python(load, prefix)
+    before = children_cpu_s()
+    result = await (_run_wrk(load, prefix) if wrk_available() else _run_python(load, prefix))
+    # What the load generator itself used of the machine's 2 cores (it shares them with the servers).
+    result["generator_cpu_s"] = children_cpu_s() - before
+    return result
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's children that have ended (the load generator, once waited
+    for; the servers are still running, so they are not in it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def _run_wrk(load: Load, prefix: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from shared.core import db
 from shared.core.breaker import CircuitBreaker
 from shared.core.health import Level, record_detached
+from shared.core.redis_link import RedisLink
 from shared.core.sessions import SessionRules
 from shared.core.settings import Settings, get_settings
 from shared.core.transitions import Transitions
@@ -88,7 +89,8 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
                         max_size=settings.db_pool_max, timeout_s=settings.db_timeout_s, name=role,
                         statement_timeout_ms=settings.db_statement_timeout_ms)
     await pool.open(wait=False)
-    queue = JobQueue(request_path_client(str(settings.redis_url), settings.redis_timeout_s), settings)
+    queue = JobQueue(request_path_client(str(settings.redis_url), settings.redis_timeout_s), settings,
+                     link=RedisLink(str(settings.redis_url), settings.redis_timeout_s))
 
     async def probe() -> None:
         await queue.ping_ms()
@@ -128,11 +130,11 @@ async def open_deps(settings: Settings, *, role: str = "function", mailer: Maile
     quota = CreationQuota(queue.client, counters, settings.create_quota_per_minute, Transitions(
         pool, source, "quota_unavailable", "creation quota not enforced: Redis cannot be read (failing open)",
         "quota_restored", "creation quota enforced again"), redis_usable=redis_usable,
-        on_redis_failure=breaker.failure)
+        on_redis_failure=breaker.failure, link=queue.link)
     mailer = mailer or Mailer(settings)
     mailer.rate = EmailRate(
         queue.client, f"{counters}:email-rate", settings.email_rate_per_s, redis_usable=redis_usable,
-        on_redis_failure=breaker.failure,
+        on_redis_failure=breaker.failure, link=queue.link,
         availability=Transitions(pool, source, "email_rate_unavailable",
                                  "welcome-email rate not enforced: Redis cannot be read (failing open)",
                                  "email_rate_restored", "welcome-email rate enforced again"),

@@ -22,6 +22,7 @@ from bench.cases.http import (
     sync_create_1_client,
 )
 from bench.cases.paced import paced_create_rate
+from bench.cases.peer import peer_202_1_conn, peer_202_50_conns, peer_consumer
 from bench.cases.search import search_1m
 from bench.cases.tracing import tracing_cost_202
 
@@ -30,10 +31,13 @@ Case = Callable[[Any], Awaitable[dict[str, Any]]]
 CASES: dict[str, Case] = {
     "async_create_1_client": async_create_1_client,
     "async_create_50_conns": async_create_50_conns,
+    "peer_202_1_conn": peer_202_1_conn,
+    "peer_202_50_conns": peer_202_50_conns,
     "sync_create_1_client": sync_create_1_client,
     "fallback_redis_hanging": fallback_redis_hanging,
     "consumer_1_process": consumer_1_process,
     "consumer_2_processes": consumer_2_processes,
+    "peer_consumer": peer_consumer,
     "rate_limit_10_per_s": rate_limit_10_per_s,
     "idle_pickup": idle_pickup,
     "kill_switch_propagation": kill_switch_propagation,

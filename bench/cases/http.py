@@ -35,6 +35,9 @@ async def _post_load(ctx: Ctx, server: FunctionServer, *, connections: int = 1, 
                                max_requests=requests, duration_s=duration_s, histogram=histogram))
 
 
+WARM_UP_50 = 2000  # requests at 50 connections before the 50-connection figures, quick and full alike
+
+
 async def _warm(ctx: Ctx, server: FunctionServer, requests: int = 50) -> None:
     await _post_load(ctx, server, requests=requests, duration_s=30)
 
@@ -78,9 +81,15 @@ async def async_create_50_conns(ctx: Ctx) -> dict[str, Any]:
     duration = ctx.n(15, 5)
     server = await ctx.create_user_server()
     echo = await ctx.bench_function("redis_echo").start()
-    await run_load(Load(url=echo.url + "/", token=ctx.tokens["sales"], connections=10, max_requests=300,
-                        duration_s=30))
-    await _post_load(ctx, server, connections=10, requests=300, duration_s=30)
+    # The same warm-up in both runs, at the measured concurrency: 50 connections open, every pool grown to what
+    # 50 connections need, statements prepared, first collections done (bench/README.md, "Warm-up").
+    await run_load(Load(url=echo.url + "/", token=ctx.tokens["sales"], connections=50, max_requests=WARM_UP_50,
+                        duration_s=60))
+    ctx.wipe()
+    cpu_w = tree_cpu_s(server.pid)
+    warm = await _post_load(ctx, server, connections=50, requests=WARM_UP_50, duration_s=60)
+    warm_cpu_s_per_1000 = 1000 * (tree_cpu_s(server.pid) - cpu_w) / max(1, warm["requests"])
+    ctx.wipe()
     limit = await run_load(Load(url=echo.url + "/", token=ctx.tokens["sales"], connections=50,
                                 duration_s=duration))
     ctx.registry.stop(echo)
@@ -103,7 +112,9 @@ async def async_create_50_conns(ctx: Ctx) -> dict[str, Any]:
         p50_ms=result["p50_ms"], p99_ms=result["p99_ms"], max_ms=result["max_ms"], requests=result["requests"],
         duration_s=result["duration_s"], answers=_answers(result), errors=result["errors"],
         limit_p99_ms=limit["p99_ms"], create_cpu_s_per_1000_requests=1000 * cpu_s / result["requests"],
-        create_rss_hwm_mb=rss, load_generator=result["tool"], load_avg_1m=load_average()[0])
+        create_rss_hwm_mb=rss, load_generator=result["tool"],
+        generator_cores_used=result["generator_cpu_s"] / result["duration_s"], warm_up_requests=warm["requests"],
+        warm_up_cpu_s_per_1000_requests=warm_cpu_s_per_1000, warm_up_rps=warm["rps"], load_avg_1m=load_average()[0])
 
 
 async def _wait_status(server: FunctionServer, token: str, status: int, within_s: float = 10.0) -> None:

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from shared.core.redis_import import aioredis
+from shared.core.redis_link import RedisLink, Script
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -31,12 +32,15 @@ return {math.max(1, tonumber(oldest[2]) + window - now), now}
 class StartGate:
     """`await gate.acquire()` returns when this job may start (and the Redis time, in ms, it started at)."""
 
-    def __init__(self, client: aioredis.Redis, key: str, max_starts: int, duration_ms: int) -> None:
+    def __init__(self, client: aioredis.Redis, key: str, max_starts: int, duration_ms: int, *,
+                 link: RedisLink | None = None) -> None:
         self.key = key
         self.max_starts = max_starts
         self.duration_ms = duration_ms
         self._script: Any = client.register_script(_ACQUIRE)
         self._client = client
+        self._link = link  # the multiplexed connection (shared/core/redis_link.py) when the caller has one
+        self._acquire = Script(_ACQUIRE)
 
     async def acquire(self) -> int | None:
         """Wait for a slot; None when the limit is off (max 0)."""
@@ -51,5 +55,9 @@ class StartGate:
 
     async def try_acquire(self, member: str) -> tuple[int, int]:
         """One attempt, one round trip: (0, Redis time in ms) when `member` got a slot, else (ms to wait, _)."""
-        wait_ms, now_ms = await self._script(keys=[self.key], args=[self.max_starts, self.duration_ms, member])
+        args = [self.max_starts, self.duration_ms, member]
+        if self._link is not None:
+            wait_ms, now_ms = await self._link.evalsha(self._acquire, [self.key], args)
+        else:
+            wait_ms, now_ms = await self._script(keys=[self.key], args=args)
         return int(wait_ms), int(now_ms)

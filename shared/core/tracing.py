@@ -18,6 +18,7 @@ when recording.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 _tracing: Tracing | None = None
 _setup_lock = threading.Lock()
+# Ids-only mode's current (trace id, traceparent): set by `Tracing.span` blocks, per task like any context.
+_IDS: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("provisioner_trace_ids", default=None)
 
 
 class Tracing:
@@ -88,26 +91,32 @@ class Tracing:
 
     @contextlib.contextmanager
     def _ids_only(self, parent: Any) -> Iterator[None]:
-        """Without the SDK: a root or remote-parented block gets a non-recording span with fresh ids (so a trace id
-        exists and travels); nested blocks keep the current one."""
-        trace = self._trace
-        current = trace.get_current_span(parent) if parent is not None else trace.get_current_span()
-        ctx = current.get_span_context()
-        if parent is None and ctx.is_valid:
-            yield
-            return
-        span_context = trace.SpanContext(
-            trace_id=ctx.trace_id if ctx.is_valid else int.from_bytes(secrets.token_bytes(16), "big") or 1,
-            span_id=int.from_bytes(secrets.token_bytes(8), "big") or 1, is_remote=False,
-            trace_flags=ctx.trace_flags if ctx.is_valid else trace.TraceFlags(trace.TraceFlags.SAMPLED))
-        token = self._context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+        """Without the SDK: a root or remote-parented block gets fresh ids (so a trace id exists and travels);
+        nested blocks keep the current one. The ids live in a context variable of their own, formatted once per
+        block (no OpenTelemetry span objects per request: issue 23's profile)."""
+        if parent is None:
+            if _IDS.get() is not None:
+                yield
+                return
+            remote = None
+        else:
+            remote = self._trace.get_current_span(parent).get_span_context()
+        if remote is not None and remote.is_valid:
+            trace_id, flags = remote.trace_id, int(remote.trace_flags)
+        else:
+            trace_id, flags = int.from_bytes(secrets.token_bytes(16), "big") or 1, 1  # 1: sampled
+        span_id = int.from_bytes(secrets.token_bytes(8), "big") or 1
+        hex_id = f"{trace_id:032x}"
+        token = _IDS.set((hex_id, f"00-{hex_id}-{span_id:016x}-{flags:02x}"))
         try:
             yield
         finally:
-            self._context.detach(token)
+            _IDS.reset(token)
 
     def current_ids(self) -> tuple[str, str] | None:
         """(trace id, traceparent) of the current span, or None outside any."""
+        if self.tracer is None:
+            return _IDS.get()
         ctx = self._trace.get_current_span().get_span_context()
         if not ctx.is_valid:
             return None

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from shared.core.ratelimit import StartGate
 from shared.core.redis_import import aioredis
+from shared.core.redis_link import RedisLink
 from shared.core.transitions import Transitions
 
 
@@ -27,11 +28,12 @@ class EmailRate:
 
     def __init__(self, client: aioredis.Redis, key: str, per_second: int, *, availability: Transitions,
                  saturation: Transitions, redis_usable: Callable[[], bool] = lambda: True,
-                 on_redis_failure: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 on_redis_failure: Callable[[str], Awaitable[None]] | None = None,
+                 link: RedisLink | None = None) -> None:
         self.per_second = per_second
         self.availability = availability
         self.saturation = saturation
-        self._gate = StartGate(client, key, per_second, 1000)
+        self._gate = StartGate(client, key, per_second, 1000, link=link)
         self._redis_usable = redis_usable
         self._on_redis_failure = on_redis_failure
 

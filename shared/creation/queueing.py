@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from shared.core import tracing
 from shared.core.redis_import import NoBackoff, Retry, aioredis
+from shared.core.redis_link import RedisLink, Script
 from shared.core.settings import Settings
 
 if TYPE_CHECKING:
     from bullmq import Queue
 
 JOB_NAME = "create-user"
+# BullMQ's keys of its addStandardJob script, in its order (bullmq's Scripts.addStandardJob).
+_ADD_STANDARD_KEYS = ("wait", "paused", "meta", "id", "completed", "delayed", "active", "events", "marker")
 JOB_STATES = ("waiting", "active", "completed", "failed", "delayed")
 
 
@@ -52,10 +55,12 @@ def job_options(settings: Settings, request_id: str) -> dict[str, Any]:
 class JobQueue:
     """Owns a bullmq `Queue` bound to an injected Redis client (closed with it)."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings, link: RedisLink | None = None) -> None:
         self.client = client
         self.settings = settings
+        self.link = link
         self._queue: Queue | None = None
+        self._add_standard: tuple[Script, list[str]] | None = None
         base = f"{settings.queue_prefix}:{settings.queue_name}"
         self.consumers_key = f"{base}:provisioner:consumers"
         self.consumer_key_prefix = f"{base}:provisioner:consumer:"
@@ -82,8 +87,28 @@ class JobQueue:
         data = {"request_id": request_id, **({"traceparent": traceparent} if traceparent is not None else {})}
         with tracing.span("redis.enqueue", kind="PRODUCER", attributes={"request_id": request_id}):
             queue = self.queue  # made (and bullmq imported) on first use: not inside the Redis time budget
-            async with asyncio.timeout(timeout_s or self.settings.redis_timeout_s * 2):  # no extra task per job
-                await queue.add(JOB_NAME, data, job_options(self.settings, request_id))
+            timeout = timeout_s or self.settings.redis_timeout_s * 2
+            if self.link is None:
+                async with asyncio.timeout(timeout):  # no extra task per job
+                    await queue.add(JOB_NAME, data, job_options(self.settings, request_id))
+                return
+            await self._add_on_link(queue, self.link, data, request_id, timeout)
+
+    async def _add_on_link(self, queue: Queue, link: RedisLink, data: dict[str, Any], request_id: str,
+                           timeout_s: float) -> None:
+        """`Queue.add` on the multiplexed link: bullmq's own Job, argument packing, keys and addStandardJob
+        script (so the job is byte for byte what `Queue.add` writes), sent as one EVALSHA."""
+        from bullmq import Job
+
+        job = Job(queue, JOB_NAME, data, {**queue.jobsOpts, **job_options(self.settings, request_id)})
+        scripts = queue.scripts
+        if self._add_standard is None:
+            command = scripts.commands["addStandardJob"]
+            self._add_standard = (Script(command.script, command.sha), scripts.getKeys(list(_ADD_STANDARD_KEYS)))
+        script, keys = self._add_standard
+        result = await link.evalsha(script, keys, [*scripts.addJobArgs(job), job.timestamp], timeout_s=timeout_s)
+        if isinstance(result, int) and result < 0:
+            raise scripts.finishedErrors({"code": result, "parentKey": None, "command": "addJob"})
 
     async def enqueue_many(self, request_ids: list[str], *, timeout_s: float | None = None) -> None:
         """Add many creation jobs in one round trip (bullmq's `addBulk`: one MULTI pipeline, so a chunk lands
@@ -146,7 +171,9 @@ class JobQueue:
             await pipe.execute()
 
     async def close(self) -> None:
-        """Close the queue and its Redis client."""
+        """Close the queue, its Redis client and the link."""
+        if self.link is not None:
+            await self.link.aclose()
         if self._queue is not None:
             await self._queue.close()
         else:

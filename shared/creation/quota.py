@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.core.redis_import import aioredis
+from shared.core.redis_link import RedisLink, Script
 from shared.core.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,16 @@ class CreationQuota:
 
     def __init__(self, client: aioredis.Redis, key_prefix: str, limit: int, availability: Transitions, *,
                  redis_usable: Callable[[], bool] = lambda: True,
-                 on_redis_failure: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 on_redis_failure: Callable[[str], Awaitable[None]] | None = None,
+                 link: RedisLink | None = None) -> None:
         self.limit = limit
         self.availability = availability
         self._client = client
         self._prefix = key_prefix
+        # The charge runs on every creation: on the request path's multiplexed link when there is one
+        # (shared/core/redis_link.py), else through redis-py.
+        self._link = link
+        self._charge = Script(_CHARGE)
         self._script: Any = client.register_script(_CHARGE)
         self._redis_usable = redis_usable
         self._on_redis_failure = on_redis_failure  # the breaker: the rest of the request then skips Redis
@@ -98,7 +104,10 @@ class CreationQuota:
             return Charge(True)
         key, tag = self.key(subject), uuid.uuid4().hex
         try:
-            allowed, wait_ms = await self._script(keys=[key], args=[self.limit, WINDOW_MS, n, tag])
+            if self._link is not None:
+                allowed, wait_ms = await self._link.evalsha(self._charge, [key], [self.limit, WINDOW_MS, n, tag])
+            else:
+                allowed, wait_ms = await self._script(keys=[key], args=[self.limit, WINDOW_MS, n, tag])
         except Exception as exc:
             reason = f"redis_unavailable: {type(exc).__name__}"
             await self.availability.report(False, reason)
