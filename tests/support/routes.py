@@ -34,6 +34,7 @@ class Route:
     media_types: tuple[str, ...]  # of its request body; () when it reads none
     query: tuple[str, ...]  # the query parameters it declares
     param: str | None  # its path parameter
+    api: bool  # served through shared.http.endpoint (an API answer), not a static page or a probe
 
 
 def _routes() -> list[Route]:
@@ -50,7 +51,7 @@ def _routes() -> list[Route]:
                 fn.name, route.method, route.path, roles or ("anonymous",),
                 tuple(operation.get("requestBody", {}).get("content", {})),
                 tuple(p["name"] for p in params if p["in"] == "query"),
-                next((p["name"] for p in params if p["in"] == "path"), None)))
+                next((p["name"] for p in params if p["in"] == "path"), None), roles is not None))
     return routes
 
 
