@@ -225,6 +225,56 @@ async def test_every_admin_change_is_audited_with_who_why_before_after(call, tok
         assert bad.status_code == 422
 
 
+@pytest.fixture
+def audit_trap(db):
+    """The audit row of a change with the reason 'audit-trap' (and of any cleanup) cannot be written."""
+    db.execute("""
+        CREATE OR REPLACE FUNCTION test_audit_trap() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.reason = 'audit-trap' OR NEW.action = 'cleanup' THEN
+                RAISE EXCEPTION 'trap: refusing this audit row';
+            END IF;
+            RETURN NEW;
+        END $$;
+        DROP TRIGGER IF EXISTS test_audit_trap ON audit_log;
+        CREATE TRIGGER test_audit_trap BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION test_audit_trap();
+    """)
+    yield
+    db.execute("DROP TRIGGER IF EXISTS test_audit_trap ON audit_log; DROP FUNCTION IF EXISTS test_audit_trap()")
+
+
+async def test_a_change_whose_audit_row_cannot_be_written_does_not_happen(call, tokens, db, audit_trap):
+    """The audit row is written in the change's own transaction: when PostgreSQL refuses the row, the switch,
+    the limits, the retry, the bulk retry and the cleanup are all rolled back with it."""
+    admin = auth(tokens["admin"])
+    insert_request(db, "req_trap", "trap@example.com")
+    db.execute("INSERT INTO system_health_logs (created_at, level, event, message, source)"
+               " VALUES (now() - interval '30 days', 'INFO', 'old', 'old', 'test')")
+    answers = [
+        await call("set_mode", "POST", "/api/admin/system/mode", headers=admin,
+                   json={"mode": "sync_direct", "reason": "audit-trap"}),
+        await call("set_limits", "POST", "/api/admin/system/limits", headers=admin,
+                   json={"rate_limit_max": 20, "rate_limit_duration_ms": 1000, "concurrency": 3,
+                         "reason": "audit-trap"}),
+        await call("retry_request", "POST", "/api/admin/requests/req_trap/retry", headers=admin,
+                   json={"reason": "audit-trap"}),
+        await call("bulk_retry", "POST", "/api/admin/requests/retry", headers=admin,
+                   json={"filter": {"status": "failed"}, "reason": "audit-trap"}),
+        await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=admin),
+    ]
+    for answer in answers:
+        assert answer.status_code >= 500 and answer.json()["error"]["code"], answer.text[:200]
+    mode = (await call("get_mode", "GET", "/api/admin/system/mode", headers=admin)).json()
+    assert mode["mode"] == "async_queue"
+    limits = (await call("get_limits", "GET", "/api/admin/system/limits", headers=admin)).json()
+    assert limits["version"] == 0
+    assert db.execute("SELECT status, attempts FROM creation_requests WHERE id = 'req_trap'").fetchone() == {
+        "status": "failed", "attempts": 4}
+    assert db.execute("SELECT count(*) AS n FROM audit_log").fetchone()["n"] == 0
+    assert db.execute("SELECT count(*) AS n FROM system_health_logs WHERE event = 'old'").fetchone()["n"] == 1
+    assert db.execute("SELECT count(*) AS n FROM system_health_logs WHERE level = 'SWITCH'").fetchone()["n"] == 0
+
+
 async def test_cleanup_keeps_audit_rows_for_400_days_not_7(call, tokens, db):
     db.execute("INSERT INTO audit_log (at, actor, action) VALUES (now() - interval '30 days', 'a', 'old_but_kept'),"
                " (now() - interval '401 days', 'a', 'too_old')")
