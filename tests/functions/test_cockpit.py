@@ -14,6 +14,7 @@ from local.scheduler import cron_matches
 from shared.creation.outbox import deliver_pending
 from tests.conftest import auth
 from tests.functions.test_create_user import BODY
+from tests.support.traps import before_insert
 
 ADMIN_GETS = [("get_mode", "/api/admin/system/mode"), ("system_metrics", "/api/admin/system/metrics"),
               ("system_logs", "/api/admin/system/logs"), ("list_requests", "/api/admin/requests"),
@@ -228,19 +229,9 @@ async def test_every_admin_change_is_audited_with_who_why_before_after(call, tok
 @pytest.fixture
 def audit_trap(db):
     """The audit row of a change with the reason 'audit-trap' (and of any cleanup) cannot be written."""
-    db.execute("""
-        CREATE OR REPLACE FUNCTION test_audit_trap() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.reason = 'audit-trap' OR NEW.action = 'cleanup' THEN
-                RAISE EXCEPTION 'trap: refusing this audit row';
-            END IF;
-            RETURN NEW;
-        END $$;
-        DROP TRIGGER IF EXISTS test_audit_trap ON audit_log;
-        CREATE TRIGGER test_audit_trap BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION test_audit_trap();
-    """)
-    yield
-    db.execute("DROP TRIGGER IF EXISTS test_audit_trap ON audit_log; DROP FUNCTION IF EXISTS test_audit_trap()")
+    with before_insert(db, "audit_log", "IF NEW.reason = 'audit-trap' OR NEW.action = 'cleanup' THEN"
+                                        " RAISE EXCEPTION 'trap: refusing this audit row'; END IF;"):
+        yield
 
 
 async def test_a_change_whose_audit_row_cannot_be_written_does_not_happen(call, tokens, db, audit_trap):
