@@ -64,6 +64,14 @@ def new_batch_id() -> str:
     return f"bat_{uuid.uuid4().hex}"
 
 
+def _rejection(item: UploadRow, field: str, message: str) -> dict[str, Any]:
+    """One refusal of a row as stored with the batch and answered. A JSON upload's keys and cells may hold NUL,
+    which no PostgreSQL text or jsonb value can: it is shown as U+FFFD, the rest as sent."""
+    return {"row": item.row, "field": field[:MAX_FIELD_CHARS].replace("\x00", "\ufffd"),
+            "message": message[:MAX_MESSAGE_CHARS].replace("\x00", "\ufffd"),
+            "email": item.email_cell.replace("\x00", "\ufffd")}
+
+
 def check_rows(rows: list[UploadRow]) -> CheckedUpload:
     """Validate each row with the model of `POST /api/users`; the second row of an address is a duplicate."""
     enable_domain_cache()
@@ -71,18 +79,14 @@ def check_rows(rows: list[UploadRow]) -> CheckedUpload:
     first_row: dict[str, int] = {}
     for item in rows:
         if item.problem or item.fields is None:
-            checked.rejected.append({"row": item.row, "field": item.problem_field[:MAX_FIELD_CHARS],
-                                     "message": (item.problem or "invalid row")[:MAX_MESSAGE_CHARS],
-                                     "email": item.email_cell})
+            checked.rejected.append(_rejection(item, item.problem_field, item.problem or "invalid row"))
             continue
         try:
             command = CreateUserCommand.model_validate(item.fields)
         except ValidationError as exc:
             for err in exc.errors()[:MAX_ERRORS_PER_ROW]:
                 name = ".".join(str(part) for part in err.get("loc", ())) or "row"
-                checked.rejected.append({"row": item.row, "field": name[:MAX_FIELD_CHARS],
-                                         "message": str(err.get("msg", "invalid"))[:MAX_MESSAGE_CHARS],
-                                         "email": item.email_cell})
+                checked.rejected.append(_rejection(item, name, str(err.get("msg", "invalid"))))
             continue
         norm = command.email_normalized
         if norm in first_row:

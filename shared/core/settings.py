@@ -108,6 +108,8 @@ class Settings(BaseModel):
     reconcile_interval_s: float = Field(30.0, alias="RECONCILE_INTERVAL_S", gt=0, le=60)
     reconcile_grace_s: float = Field(10.0, alias="RECONCILE_GRACE_S", ge=0)
     outbox_interval_s: float = Field(10.0, alias="OUTBOX_INTERVAL_S", gt=0)
+    # With no live consumer a request is created at once (the fallback) instead of queued for nobody. `false`
+    # queues regardless: only for tests and benchmarks of the queue path; refused in production.
     no_consumer_fallback: bool = Field(True, alias="NO_CONSUMER_FALLBACK")
     consumer_check_ttl_s: float = Field(1.0, alias="CONSUMER_CHECK_TTL_S", ge=0)
 
@@ -187,6 +189,10 @@ class Settings(BaseModel):
         if not self.set_password_url.startswith("https://") or len(self.set_password_url) <= len("https://"):
             raise ValueError("SET_PASSWORD_URL must be set to an https:// URL in production (the link in every "
                              "welcome email)")
+        if not self.no_consumer_fallback:
+            raise ValueError("NO_CONSUMER_FALLBACK=false is refused in production: with no live consumer, requests "
+                             "would be queued for nobody instead of created at once; it exists for tests and "
+                             "benchmarks of the queue path (APP_ENV=test or development). Unset it.")
         if self.scheduler_service_account and not self.oidc_audience:
             raise ValueError("OIDC_AUDIENCE must be set (the scheduled function's URL) when "
                              "SCHEDULER_SERVICE_ACCOUNT is set")

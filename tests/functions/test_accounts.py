@@ -198,14 +198,20 @@ async def test_a_bad_sign_in_body_is_422(call, deps, payload):
     assert r.status_code == 422
 
 
-async def test_an_attackers_client_is_locked_out_while_the_owner_signs_in_from_another(call, tokens, stack, db):
+async def test_an_attackers_client_is_locked_out_while_the_owner_signs_in_from_another(call, tokens, stack, db,
+                                                                                       monkeypatch, deps, deps_factory):
+    """The attacker's failures land on two instances in turn and its next attempt on a third: the count is shared
+    by every instance, and it is the attacker's (account, client) count, not the account's."""
     _, token = await new_member(call, tokens, stack)
     assert (await set_password(call, token)).status_code == 204
     attacker, owner = "192.0.2.66", "198.51.100.8"
+    instances = [await deps_factory(INSTANCE_NAME=f"signin-{n}") for n in range(3)]
     for i in range(5):
+        use_deps(monkeypatch, instances[i % 2])
         r = await sign_in(call, MEMBER["email"], f"wrong-guess-number-{i}", address=attacker)
         assert r.status_code == 401
-    # The attacker's client is refused even with the right password, before any password check...
+    # The attacker's client is refused by a third instance even with the right password, before any password check...
+    use_deps(monkeypatch, instances[2])
     r = await sign_in(call, MEMBER["email"], GOOD_PASSWORD, address=attacker)
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(r.headers["retry-after"]) <= 900
@@ -277,10 +283,13 @@ async def test_a_success_resets_the_account_counter(call, tokens, stack):
     assert (await sign_in(call, MEMBER["email"])).status_code == 200
 
 
-async def test_twenty_failures_from_one_address_lock_that_address(call, deps, db):
-    for i in range(20):
+async def test_twenty_failures_from_one_address_lock_that_address(call, deps, db, monkeypatch, deps_factory):
+    instances = [await deps_factory(INSTANCE_NAME=f"signin-{n}") for n in range(3)]
+    for i in range(20):  # on two instances in turn; the 21st attempt on a third
+        use_deps(monkeypatch, instances[i % 2])
         r = await sign_in(call, f"guess{i}@example.com", "some-password-here", address="198.51.100.20")
         assert r.status_code == 401
+    use_deps(monkeypatch, instances[2])
     r = await sign_in(call, "guess-next@example.com", "some-password-here", address="198.51.100.20")
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     # Only the last X-Forwarded-For entry (the one our proxy appends) counts: a forged one changes nothing.

@@ -14,6 +14,7 @@ from local.scheduler import cron_matches
 from shared.creation.outbox import deliver_pending
 from tests.conftest import auth
 from tests.functions.test_create_user import BODY
+from tests.support.traps import before_insert
 
 ADMIN_GETS = [("get_mode", "/api/admin/system/mode"), ("system_metrics", "/api/admin/system/metrics"),
               ("system_logs", "/api/admin/system/logs"), ("list_requests", "/api/admin/requests"),
@@ -223,6 +224,46 @@ async def test_every_admin_change_is_audited_with_who_why_before_after(call, tok
     for params in ({"since": "x"}, {"after_id": str(2**63)}, {"limit": "0"}):
         bad = await call("list_audit", "GET", "/api/admin/audit", params=params, headers=admin)
         assert bad.status_code == 422
+
+
+@pytest.fixture
+def audit_trap(db):
+    """The audit row of a change with the reason 'audit-trap' (and of any cleanup) cannot be written."""
+    with before_insert(db, "audit_log", "IF NEW.reason = 'audit-trap' OR NEW.action = 'cleanup' THEN"
+                                        " RAISE EXCEPTION 'trap: refusing this audit row'; END IF;"):
+        yield
+
+
+async def test_a_change_whose_audit_row_cannot_be_written_does_not_happen(call, tokens, db, audit_trap):
+    """The audit row is written in the change's own transaction: when PostgreSQL refuses the row, the switch,
+    the limits, the retry, the bulk retry and the cleanup are all rolled back with it."""
+    admin = auth(tokens["admin"])
+    insert_request(db, "req_trap", "trap@example.com")
+    db.execute("INSERT INTO system_health_logs (created_at, level, event, message, source)"
+               " VALUES (now() - interval '30 days', 'INFO', 'old', 'old', 'test')")
+    answers = [
+        await call("set_mode", "POST", "/api/admin/system/mode", headers=admin,
+                   json={"mode": "sync_direct", "reason": "audit-trap"}),
+        await call("set_limits", "POST", "/api/admin/system/limits", headers=admin,
+                   json={"rate_limit_max": 20, "rate_limit_duration_ms": 1000, "concurrency": 3,
+                         "reason": "audit-trap"}),
+        await call("retry_request", "POST", "/api/admin/requests/req_trap/retry", headers=admin,
+                   json={"reason": "audit-trap"}),
+        await call("bulk_retry", "POST", "/api/admin/requests/retry", headers=admin,
+                   json={"filter": {"status": "failed"}, "reason": "audit-trap"}),
+        await call("cleanup_logs", "POST", "/api/admin/system/cleanup", headers=admin),
+    ]
+    for answer in answers:
+        assert answer.status_code >= 500 and answer.json()["error"]["code"], answer.text[:200]
+    mode = (await call("get_mode", "GET", "/api/admin/system/mode", headers=admin)).json()
+    assert mode["mode"] == "async_queue"
+    limits = (await call("get_limits", "GET", "/api/admin/system/limits", headers=admin)).json()
+    assert limits["version"] == 0
+    assert db.execute("SELECT status, attempts FROM creation_requests WHERE id = 'req_trap'").fetchone() == {
+        "status": "failed", "attempts": 4}
+    assert db.execute("SELECT count(*) AS n FROM audit_log").fetchone()["n"] == 0
+    assert db.execute("SELECT count(*) AS n FROM system_health_logs WHERE event = 'old'").fetchone()["n"] == 1
+    assert db.execute("SELECT count(*) AS n FROM system_health_logs WHERE level = 'SWITCH'").fetchone()["n"] == 0
 
 
 async def test_cleanup_keeps_audit_rows_for_400_days_not_7(call, tokens, db):

@@ -18,6 +18,7 @@ from shared.creation.models import CreateUserCommand
 from tests.conftest import wait_until
 from tests.support.processes import ConsumerProcess
 from tests.support.proxy import FaultProxy
+from tests.support.traps import before_insert
 
 pytestmark = pytest.mark.slow
 SALES = Principal("sales-1", Role.SALES_MANAGER)
@@ -34,18 +35,9 @@ def start_consumer(consumers, stack, tmp_path, env=None, **overrides) -> Consume
 @pytest.fixture
 def trap(db):
     """PostgreSQL-side faults for chosen addresses: 'fail-*' always fails, 'slow-*' sleeps 2 s."""
-    db.execute("""
-        CREATE OR REPLACE FUNCTION test_trap() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.email LIKE 'fail-%' THEN RAISE EXCEPTION 'trap: refusing this row'; END IF;
-            IF NEW.email LIKE 'slow-%' THEN PERFORM pg_sleep(2); END IF;
-            RETURN NEW;
-        END $$;
-        DROP TRIGGER IF EXISTS test_trap ON users;
-        CREATE TRIGGER test_trap BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION test_trap();
-    """)
-    yield
-    db.execute("DROP TRIGGER IF EXISTS test_trap ON users; DROP FUNCTION IF EXISTS test_trap()")
+    with before_insert(db, "users", "IF NEW.email LIKE 'fail-%' THEN RAISE EXCEPTION 'trap: refusing this row'; END IF;"
+                                    " IF NEW.email LIKE 'slow-%' THEN PERFORM pg_sleep(2); END IF;"):
+        yield
 
 
 async def submit(deps, emails: list[str]) -> list[str]:
@@ -156,9 +148,12 @@ async def test_sigkill_mid_job_completes_once_on_another_consumer(deps, consumer
     start_consumer(consumers, stack, tmp_path, env=FAST_RECOVERY)
     assert (await all_done(db, [request_id], timeout=30))[request_id] == "created"
     assert db.execute("SELECT count(*) AS n FROM users WHERE email = 'slow-kill@example.com'").fetchone()["n"] == 1
-    await asyncio.sleep(1)
+    # Its email recorded as sent (not a fixed pause: the first SES call of a consumer takes a while under load).
+    await wait_until(lambda: db.execute("SELECT 1 FROM email_outbox o JOIN users u ON u.id = o.user_id"
+                                        " WHERE u.email = 'slow-kill@example.com' AND o.status = 'sent'").fetchone(),
+                     timeout=30)
     # Every email ever sent to the address: the killed consumer may have sent it before it died (on a loaded
-    # machine it can get that far), then the redelivery must not send it again.
+    # machine it can get that far); the redelivery must not send it again.
     sent = [m for m in stack.ses.sent_messages() if m["to"] == ["slow-kill@example.com"]]
     assert len(sent) == 1
     consumers_used = {r["consumer"] for r in db.execute("SELECT consumer FROM creation_attempts")}

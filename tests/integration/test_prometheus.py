@@ -33,7 +33,7 @@ def cumulative(values: list[float], bounds: tuple[float, ...]) -> dict[str, floa
 
 
 async def test_metrics_match_the_database_and_redis_after_a_known_workload(
-        deps, deps_factory, consumers, trap, stack, tmp_path, db, call, settings):  # noqa: F811
+        deps, deps_factory, consumers, trap, stack, tmp_path, db, call, settings, monkeypatch):  # noqa: F811
     start_consumer(consumers, stack, tmp_path)
     one_try = await deps_factory(JOB_ATTEMPTS=1)  # the failing job: one try, no retry (job options ride the job)
     ids = await submit(deps, [f"prom-{i}@example.com" for i in range(5)]) + await submit(one_try, ["fail-p@x.org"])
@@ -84,6 +84,12 @@ async def test_metrics_match_the_database_and_redis_after_a_known_workload(
         " JOIN creation_requests r ON r.id = a.request_id GROUP BY r.id, r.created_at")]
     wait = {dict(k)["le"]: v for k, v in m["provisioner_queue_wait_seconds_bucket"].items()}
     assert len(waits) == 6 and wait == cumulative(waits, QUEUE_WAIT_BOUNDS)
+
+    # Whatever instance answers: one that did none of the work scrapes the same figures.
+    use_deps(monkeypatch, await deps_factory(INSTANCE_NAME="prom-idle"))
+    elsewhere = parse((await call("prometheus_metrics", "GET", "/metrics", headers=auth(viewer))).text)
+    ours = {name: value for name, value in m.items() if name.startswith("provisioner_")}
+    assert len(ours) >= 8 and {name: elsewhere[name] for name in ours} == ours
 
     denied = await call("prometheus_metrics", "GET", "/metrics",
                         headers=auth(issue_token(settings, role=Role.SALES_MANAGER, subject="s")))

@@ -1,7 +1,9 @@
 """The production profile: what ships is what is tested.
 
-The wheel is built from this tree and installed WITHOUT extras into a clean virtual environment (only the
-declared runtime dependencies come along, from the package index). The functions and the consumer then run
+The wheel is built from this tree and installed into a clean virtual environment the way the deploy installs it:
+first `requirements.lock` (`pip install --require-hashes`: every runtime package, pinned and hash-checked), then
+the wheel with `--no-deps` (nothing resolved afresh). The venv then holds exactly the lock's pins and the wheel,
+and no development package. The functions and the consumer then run
 from that environment with functions-framework, `APP_ENV=production` and a real secret, against the real
 PostgreSQL (through its Unix socket: `postgresql://user@/db?host=/socket/dir`) and Redis of the test run:
 create (202 queued and processed by the consumer, 201 after a mode switch), metrics, and the scheduled cleanup
@@ -11,6 +13,7 @@ with an RS256 OIDC token checked against a JWKS served here (issuer, audience, s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -26,6 +29,7 @@ import jwt
 import psycopg
 import pytest
 
+from infra.lock import LOCK_PATH, canonical, locked_pins
 from local.processes import find_free_port
 from shared.core.auth import Role, issue_token
 from shared.core.settings import Settings
@@ -54,7 +58,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    """Build the wheel from a copy of what ships, install it without extras into a fresh venv."""
+    """Build the wheel from a copy of what ships; into a fresh venv install the lock (hashes required), then the
+    wheel without resolving anything; the venv must then hold exactly the lock's pins."""
     work = tmp_path_factory.mktemp("production")
     source = work / "source"
     source.mkdir()
@@ -72,8 +77,14 @@ def venv(tmp_path_factory) -> Path:
     # spares the venv its own copy of pip and changes nothing of what gets installed.
     run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=work)
     python = str(env_dir / "bin" / "python")
-    run([sys.executable, "-m", "pip", "--python", python, "install", "-q", str(wheel)], cwd=work, env=clean_env())
-    run([sys.executable, "-m", "pip", "--python", python, "check"], cwd=work, env=clean_env())
+    pip = [sys.executable, "-m", "pip", "--python", python]
+    run([*pip, "install", "-q", "--require-hashes", "-r", str(LOCK_PATH)], cwd=work, env=clean_env())
+    run([*pip, "install", "-q", "--no-deps", str(wheel)], cwd=work, env=clean_env())
+    run([*pip, "check"], cwd=work, env=clean_env())  # the lock satisfies every requirement of the wheel
+    installed = {canonical(p["name"]): p["version"]
+                 for p in json.loads(run([*pip, "list", "--format=json"], cwd=work, env=clean_env()))}
+    assert installed.pop("provisioner", None), installed
+    assert installed == locked_pins(LOCK_PATH.read_text())
     return env_dir
 
 

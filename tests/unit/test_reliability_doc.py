@@ -8,24 +8,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "reliability.md"
-# `tests/x/test_y.py::test_name[param]`, `tests/x/test_y.py` (the whole file), or `::test_name` (same file as the
-# citation before it on that line).
-CITATION = re.compile(r"`((?:tests/[\w/]+\.py)?)(?:::(\w+)(?:\[([^\]]+)\])?)?`")
+# `tests/x/test_y.py::test_name[param]`, `tests/x/test_y.py` (the whole file), the short `test_y.py::test_name`
+# (the one file of that name under tests/ that has the test), or `::test_name` and a bare `test_name` (same file as
+# the citation before it on that line).
+CITATION = re.compile(r"`(?P<path>(?:tests/[\w/]+|test_\w+)\.py)?(?:::(?P<name>\w+)(?:\[(?P<param>[^\]]+)\])?)?`"
+                      r"|`(?P<bare>test_\w+)`")
 
 
 def citations(text: str) -> list[tuple[str, str | None, str | None]]:
-    """(file, test or None, parameter id or None) for every test cited in the document."""
+    """(file as cited, test or None, parameter id or None) for every test cited in the document."""
     found: list[tuple[str, str | None, str | None]] = []
     for line in text.splitlines():
         current = ""
         for match in CITATION.finditer(line):
-            path, name, param = match.group(1), match.group(2), match.group(3)
+            path, param = match.group("path"), match.group("param")
+            name = match.group("name") or match.group("bare")
             if not path and not name:
                 continue
             current = path or current
-            assert current, f"'::{name}' cited with no file before it: {line}"
+            assert current, f"'{name}' cited with no file before it: {line}"
             found.append((current, name, param))
     return found
+
+
+def resolve(path: str, name: str | None) -> tuple[Path | None, str]:
+    """The file a citation means, or None and why not: a short name must be one file under tests/ (the one with
+    the cited test, when several files share the name)."""
+    if "/" in path:
+        return (ROOT / path, "") if (ROOT / path).is_file() else (None, "no such file")
+    candidates = sorted((ROOT / "tests").rglob(path))
+    if name is not None and len(candidates) > 1:
+        candidates = [c for c in candidates if name in cited_file_tests(c)] or candidates
+    if len(candidates) == 1:
+        return candidates[0], ""
+    return None, "no such file" if not candidates else f"ambiguous ({len(candidates)} files of that name)"
 
 
 def cited_file_tests(path: Path) -> dict[str, ast.AST]:
@@ -37,9 +53,9 @@ def cited_file_tests(path: Path) -> dict[str, ast.AST]:
 def missing(doc_text: str) -> list[str]:
     problems = []
     for path, name, param in citations(doc_text):
-        file = ROOT / path
-        if not file.is_file():
-            problems.append(f"{path}: no such file")
+        file, why = resolve(path, name)
+        if file is None:
+            problems.append(f"{path}: {why}")
             continue
         if name is None:
             if not cited_file_tests(file):
@@ -59,6 +75,19 @@ def test_every_test_cited_in_reliability_md_exists() -> None:
     found = citations(DOC.read_text())
     assert len(found) >= 20  # the document cites its proofs; a parser that finds none must not pass
     assert missing(DOC.read_text()) == []
+
+
+def test_short_citations_are_checked_too() -> None:
+    found = citations(DOC.read_text())
+    assert sum(1 for path, _, _ in found if "/" not in path) >= 10  # the document's short `test_y.py::...` ones
+    doc = ("| a | `test_consumer.py::test_sigkill_mid_job_completes_once_on_another_consumer` |\n"
+           "| b | `test_consumer.py::test_that_is_not_there` |\n| c | `test_no_such_file.py::test_x` |\n"
+           "| d | `tests/functions/test_accounts.py` (`test_a_link_works_once`, `test_not_there_either`) |\n"
+           "| e | `test_accounts.py` |")
+    assert missing(doc) == ["test_consumer.py::test_that_is_not_there: no such test",
+                            "test_no_such_file.py: no such file",
+                            "tests/functions/test_accounts.py::test_not_there_either: no such test",
+                            "test_accounts.py: ambiguous (2 files of that name)"]
 
 
 def test_a_citation_of_a_missing_test_is_caught() -> None:

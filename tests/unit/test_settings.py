@@ -73,6 +73,18 @@ def test_production_refuses_placeholder_secrets(secret):
     assert secret not in str(refused.value)
 
 
+@pytest.mark.parametrize("value", ["false", "0", "no", "off", False])
+def test_turning_the_no_consumer_fallback_off_is_refused_in_production(value):
+    with pytest.raises(ValidationError, match="NO_CONSUMER_FALLBACK=false is refused in production") as refused:
+        Settings(**PRODUCTION, DATABASE_URL="postgresql:///p", NO_CONSUMER_FALLBACK=value)
+    assert "APP_ENV=test or development" in str(refused.value)
+    assert Settings(**PRODUCTION, DATABASE_URL="postgresql:///p").no_consumer_fallback is True
+    assert Settings(**PRODUCTION, DATABASE_URL="postgresql:///p", NO_CONSUMER_FALLBACK="true").no_consumer_fallback
+    for env in ("test", "development"):  # where the queue path is measured with no consumer running
+        assert Settings(DATABASE_URL="postgresql:///p", REDIS_URL="redis://127.0.0.1:6390/0", APP_ENV=env,
+                        NO_CONSUMER_FALLBACK=value).no_consumer_fallback is False
+
+
 def test_a_scheduler_account_without_an_audience_is_refused_in_production():
     with pytest.raises(ValidationError, match="OIDC_AUDIENCE"):
         Settings(**PRODUCTION, DATABASE_URL="postgresql:///p", SCHEDULER_SERVICE_ACCOUNT="s@p.iam.gserviceaccount.com")
