@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 BUDGET_S = 290  # the bound for CI: well under 5 minutes on 2 cores
 
 
-@pytest.mark.timeout(BUDGET_S + 30)
+@pytest.mark.timeout(BUDGET_S + 90)
 def test_the_rendered_deployment_runs_and_every_rehearsal_case_passes(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "local.rehearsal.cli", "--dir", str(tmp_path / "rehearsal")],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
