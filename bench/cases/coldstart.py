@@ -41,6 +41,7 @@ def probes(request_id: str, tag: str) -> dict[str, Probe]:
     """One probe per HTTP function. `request_id` is a queued request (for the routes that look one up), `tag`
     makes the addresses of this run unique."""
     user = _json(f'{{"email": "cold-{tag}@example.com", "full_name": "Cold Start"}}')
+    reason = _json('{"reason": "bench cold start"}')
     return {
         # PostgreSQL (the switch, the idempotency/quota bookkeeping) and Redis (quota, queue): the 202 path.
         "create_user": Probe("POST", "/api/users", (202,), "sales", user),
@@ -93,6 +94,16 @@ def probes(request_id: str, tag: str) -> dict[str, Probe]:
                                        ' "concurrency": 5, "reason": "bench cold start",'
                                        ' "expected_version": 999999}')),
         "system_tick": Probe("POST", "/api/admin/system/tick", (200,)),
+        # The account lifecycle on an id nobody has: the account is looked up (and locked) in PostgreSQL -> 404.
+        "erase_user": Probe("POST", f"/api/admin/users/{uuid.UUID(int=0)}/erase", (404,), body=reason),
+        "disable_account": Probe("POST", f"/api/admin/accounts/{uuid.UUID(int=0)}/disable", (404,), body=reason),
+        "enable_account": Probe("POST", f"/api/admin/accounts/{uuid.UUID(int=0)}/enable", (404,), body=reason),
+        "change_account_role": Probe("PATCH", f"/api/admin/accounts/{uuid.UUID(int=0)}", (404,),
+                                     body=_json('{"role": "viewer", "reason": "bench cold start"}')),
+        "revoke_sessions": Probe("POST", f"/api/admin/accounts/{uuid.UUID(int=0)}/sessions/revoke", (404,),
+                                 body=reason),
+        # The bench's admin token is not one of our sign-in's sessions: nothing to end, the token check runs.
+        "sign_out": Probe("POST", "/api/auth/sign-out", (204,)),
     }
 
 
@@ -172,19 +183,19 @@ async def cold_start(ctx: Ctx) -> dict[str, Any]:
         figures["ratio_to_hello"] = ratio(figures["seconds"], limit)
     slowest = max(per_function, key=lambda n: per_function[n]["seconds"])
     figure = per_function[slowest]["seconds"]
-    share = ratio(figure, limit)
     median = statistics.median(v["seconds"] for v in per_function.values())
     floor_s = statistics.median(floor)
-    ctx.notes["cold_start"] = (f"slowest {slowest} {fmt(figure * 1000)} ms; hello {fmt(limit * 1000)} ms; floor"
-                               f" (hello + the libraries + one query, one PING) {fmt(floor_s * 1000)} ms"
-                               f" = {fmt(ratio(floor_s, limit))}x hello; median function {fmt(median * 1000)} ms")
+    share = ratio(figure, floor_s)  # issue 23: against the floor, what any function with these libraries pays
+    ctx.notes["cold_start"] = (f"slowest {slowest} {fmt(figure * 1000)} ms; floor (hello + the libraries + one query,"
+                               f" one PING) {fmt(floor_s * 1000)} ms = {fmt(ratio(floor_s, limit))}x hello"
+                               f" ({fmt(limit * 1000)} ms); median function {fmt(median * 1000)} ms")
     return case_result(
-        figure=figure, unit="s", limit=limit,
-        limit_desc=f"median of {len(hello)} cold starts of bench/hello.py (same server and flags), interleaved",
+        figure=figure, unit="s", limit=floor_s,
+        limit_desc=f"median of {len(floor)} cold starts of bench/hello_deps.py (same server and flags), interleaved",
         ratio=share,
-        goal="slowest function start -> first real answer <= 1.5x the hello world (ratio = slowest / hello)",
-        goal_met=at_most(share, 1.5), slowest=slowest, per_function=per_function, hello_samples_s=hello,
-        median_function_s=median, floor_s=floor_s, floor_samples_s=floor,
+        goal="slowest function start -> first real answer <= 1.2x the floor (ratio = slowest / hello_deps)",
+        goal_met=at_most(share, 1.2), slowest=slowest, per_function=per_function, hello_samples_s=hello,
+        hello_s=limit, median_function_s=median, floor_s=floor_s, floor_samples_s=floor,
         floor_desc="bench/hello_deps.py: hello + psycopg, redis, pydantic, PyJWT imported, and a first request that"
                    " connects to PostgreSQL (one query), PINGs Redis and checks a token: none of our code",
         floor_to_hello=ratio(floor_s, limit), slowest_to_floor=ratio(figure, floor_s), load_avg_1m=load_average()[0])
