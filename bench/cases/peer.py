@@ -125,40 +125,38 @@ def _note(pooled: dict[str, dict[str, Any]]) -> str:
             f" p99 {fmt(o['p99_ms'])} vs {fmt(p['p99_ms'])} ms; {WORK_202}")
 
 
+def _case_202(ctx: Ctx, name: str, pooled: dict[str, dict[str, Any]], *, connections: int, load: str, goal: str,
+              also_met: bool | None) -> dict[str, Any]:
+    """A 202-path case: our server CPU per 1,000 answers against the peer's, and one more condition."""
+    share = ratio(pooled["ours"]["cpu_s_per_1000"], pooled["peer"]["cpu_s_per_1000"])
+    ctx.notes[name] = _note(pooled)
+    return case_result(
+        figure=pooled["ours"]["cpu_s_per_1000"], unit="CPU s/1k", limit=pooled["peer"]["cpu_s_per_1000"],
+        limit_desc=f"the Node peer's server CPU per 1,000 202s, {load} alternating with ours, same stack and load"
+                   " generator",
+        ratio=share, goal=goal, goal_met=all_met(at_most(share, 1.0), also_met),
+        **_sides(pooled), connections=connections, work_difference=WORK_202, load_generator=pooled["ours"]["tool"],
+        load_avg_1m=load_average()[0])
+
+
 async def peer_202_1_conn(ctx: Ctx) -> dict[str, Any]:
     """POST /api/users -> 202, one connection: CPU per 1,000 answers and p99, ours against the peer's."""
     rounds, requests = ctx.n(4, 2), ctx.n(1000, 400)
     pooled = await _rounds(ctx, connections=1, rounds=rounds, requests=requests)
-    share = ratio(pooled["ours"]["cpu_s_per_1000"], pooled["peer"]["cpu_s_per_1000"])
-    ctx.notes["peer_202_1_conn"] = _note(pooled)
-    return case_result(
-        figure=pooled["ours"]["cpu_s_per_1000"], unit="CPU s/1k", limit=pooled["peer"]["cpu_s_per_1000"],
-        limit_desc=f"the Node peer's server CPU per 1,000 202s, {rounds} x {requests} requests alternating with ours,"
-                   " same stack and load generator",
-        ratio=share,
-        goal="ratio (ours / peer CPU per 1,000 202s) <= 1 (so req per CPU second >= the peer's) and p99 <= the"
-             " peer's p99",
-        goal_met=all_met(at_most(share, 1.0), at_most(pooled["ours"]["p99_ms"], pooled["peer"]["p99_ms"])),
-        **_sides(pooled), connections=1, work_difference=WORK_202, load_generator=pooled["ours"]["tool"],
-        load_avg_1m=load_average()[0])
+    return _case_202(ctx, "peer_202_1_conn", pooled, connections=1, load=f"{rounds} x {requests} requests",
+                     goal="ratio (ours / peer CPU per 1,000 202s) <= 1 (so req per CPU second >= the peer's) and"
+                          " p99 <= the peer's p99",
+                     also_met=at_most(pooled["ours"]["p99_ms"], pooled["peer"]["p99_ms"]))
 
 
 async def peer_202_50_conns(ctx: Ctx) -> dict[str, Any]:
     """POST /api/users -> 202, 50 connections: CPU per 1,000 answers and req/s per CPU second vs the peer's."""
     rounds, duration = ctx.n(4, 2), ctx.n(5, 3)
     pooled = await _rounds(ctx, connections=50, rounds=rounds, duration_s=duration)
-    share = ratio(pooled["ours"]["cpu_s_per_1000"], pooled["peer"]["cpu_s_per_1000"])
-    ctx.notes["peer_202_50_conns"] = _note(pooled)
-    return case_result(
-        figure=pooled["ours"]["cpu_s_per_1000"], unit="CPU s/1k", limit=pooled["peer"]["cpu_s_per_1000"],
-        limit_desc=f"the Node peer's server CPU per 1,000 202s, {rounds} x {duration} s at 50 connections"
-                   " alternating with ours, same stack and load generator",
-        ratio=share,
-        goal="ratio (ours / peer CPU per 1,000 202s) <= 1 and req per CPU second >= the peer's",
-        goal_met=all_met(at_most(share, 1.0), at_least(pooled["ours"]["req_per_cpu_s"],
-                                                       pooled["peer"]["req_per_cpu_s"])),
-        **_sides(pooled), connections=50, work_difference=WORK_202, load_generator=pooled["ours"]["tool"],
-        load_avg_1m=load_average()[0])
+    return _case_202(ctx, "peer_202_50_conns", pooled, connections=50,
+                     load=f"{rounds} x {duration} s at 50 connections",
+                     goal="ratio (ours / peer CPU per 1,000 202s) <= 1 and req per CPU second >= the peer's",
+                     also_met=at_least(pooled["ours"]["req_per_cpu_s"], pooled["peer"]["req_per_cpu_s"]))
 
 
 async def peer_consumer(ctx: Ctx) -> dict[str, Any]:

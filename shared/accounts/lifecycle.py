@@ -21,7 +21,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.accounts.staff import account_view
@@ -100,6 +100,23 @@ def _facts(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": str(row["id"]), "role": row["role"], "disabled": row["disabled_at"] is not None}
 
 
+async def _change(deps: Deps, conn: AsyncConnection[Any], before: dict[str, Any], assignment: str, value: object, *,
+                  actor: str, action: str, reason: str, level: Level, message: str,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One admin change of a locked account row (`SET <assignment>` with `value`), its audit row and its health
+    event, in the caller's transaction; the row as it is after."""
+    cur = await conn.execute(sql.SQL("UPDATE users SET {} WHERE id = %s RETURNING id, email, full_name, role,"
+                                     " created_at, password_set_at, last_sign_in_at, disabled_at")
+                             .format(sql.SQL(assignment)), (value, before["id"]))  # assignment: a literal of ours
+    after = await cur.fetchone() or before
+    await record_audit(conn, actor=actor, action=action, reason=reason, before=_facts(before), after=_facts(after),
+                       target=str(before["id"]))
+    await record(conn, level, action, message,
+                 {"user_id": str(before["id"]), "role": after["role"], **(extra or {}), "by": actor},
+                 source=deps.source)
+    return after
+
+
 async def set_disabled(deps: Deps, account_id: str, command: ReasonCommand, *, disabled: bool,
                        actor: str) -> dict[str, Any]:
     """Disable (every token of the account refused, sign-in and set-password refused) or enable it again."""
@@ -111,16 +128,11 @@ async def set_disabled(deps: Deps, account_id: str, command: ReasonCommand, *, d
             return account_view(before)
         if disabled:
             await _refuse_lock_out(conn, before, actor, "disable")
-        cur = await conn.execute(
-            "UPDATE users SET disabled_at = CASE WHEN %s THEN now() END WHERE id = %s"
-            " RETURNING id, email, full_name, role, created_at, password_set_at, last_sign_in_at, disabled_at",
-            (disabled, user_id))
-        after = await cur.fetchone() or before
-        await record_audit(conn, actor=actor, action=action, reason=command.reason, before=_facts(before),
-                           after=_facts(after), target=str(user_id))
-        await record(conn, Level.WARNING if disabled else Level.INFO, action,
-                     f"an account was {'disabled: its sessions end' if disabled else 'enabled again'} by an admin",
-                     {"user_id": str(user_id), "role": after["role"], "by": actor}, source=deps.source)
+        after = await _change(deps, conn, before, "disabled_at = CASE WHEN %s THEN now() END", disabled,
+                              actor=actor, action=action, reason=command.reason,
+                              level=Level.WARNING if disabled else Level.INFO,
+                              message=f"an account was {'disabled: its sessions end' if disabled else 'enabled again'}"
+                                      " by an admin")
     deps.sessions.invalidate()
     return account_view(after)
 
@@ -134,16 +146,10 @@ async def change_role(deps: Deps, account_id: str, command: ChangeRoleCommand, *
             return account_view(before)
         if before["role"] == "admin":
             await _refuse_lock_out(conn, before, actor, "demote")
-        cur = await conn.execute("UPDATE users SET role = %s WHERE id = %s RETURNING id, email, full_name, role,"
-                                 " created_at, password_set_at, last_sign_in_at, disabled_at",
-                                 (command.role, user_id))
-        after = await cur.fetchone() or before
-        await record_audit(conn, actor=actor, action="account_role_changed", reason=command.reason,
-                           before=_facts(before), after=_facts(after), target=str(user_id))
-        await record(conn, Level.WARNING, "account_role_changed",
-                     f"an account's role changed {before['role']} -> {after['role']}: its sessions end",
-                     {"user_id": str(user_id), "from": before["role"], "to": after["role"], "by": actor},
-                     source=deps.source)
+        after = await _change(deps, conn, before, "role = %s", command.role, actor=actor,
+                              action="account_role_changed", reason=command.reason, level=Level.WARNING,
+                              message=f"an account's role changed {before['role']} -> {command.role}: its sessions"
+                                      " end", extra={"from": before["role"], "to": command.role})
     deps.sessions.invalidate()
     return account_view(after)
 

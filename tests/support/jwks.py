@@ -8,36 +8,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-
-@contextlib.contextmanager
-def local_jwks(kid: str) -> Iterator[tuple[object, str]]:
-    """(private key, JWKS URL); the server stops when the block ends."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    body = json.dumps({"keys": [{**jwk, "kid": kid, "alg": "RS256", "use": "sig"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield key, f"http://127.0.0.1:{server.server_port}/certs"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -51,7 +25,8 @@ class ServedJwks:
 
 @contextlib.contextmanager
 def slow_jwks(kid: str, delay_s: float) -> Iterator[ServedJwks]:
-    """Like `local_jwks`, but each answer takes `delay_s` (a slow certificate URL) and `hits` counts the GETs."""
+    """A key and its JWKS, each answer taking `delay_s` (a slow certificate URL); `hits` counts the GETs. The
+    server stops when the block ends."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     body = json.dumps({"keys": [{**jwk, "kid": kid, "alg": "RS256", "use": "sig"}]}).encode()
@@ -60,7 +35,8 @@ def slow_jwks(kid: str, delay_s: float) -> Iterator[ServedJwks]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             served.hits += 1
-            time.sleep(delay_s)
+            if delay_s:
+                time.sleep(delay_s)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -78,3 +54,10 @@ def slow_jwks(kid: str, delay_s: float) -> Iterator[ServedJwks]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def local_jwks(kid: str) -> Iterator[tuple[object, str]]:
+    """(private key, JWKS URL) of a JWKS that answers at once; the server stops when the block ends."""
+    with slow_jwks(kid, 0.0) as served:
+        yield served.key, served.url
