@@ -137,7 +137,8 @@ def decode_cursor(deps: Deps, cursor: str) -> tuple[datetime, str]:
     """The position a cursor of ours points at; 422 for anything else."""
     payload, _, mac = cursor.partition(".")
     expected = hmac.new(_cursor_key(deps), payload.encode(), hashlib.sha256).hexdigest()[:32]
-    if not mac or not hmac.compare_digest(mac, expected):
+    # Bytes: compare_digest refuses a str with non-ASCII characters (a TypeError, once a 500).
+    if not mac or not hmac.compare_digest(mac.encode(errors="replace"), expected.encode()):
         raise InvalidCursor()
     try:
         version, created_at, request_id = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
