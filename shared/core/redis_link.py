@@ -63,9 +63,10 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
+        if self.transport is None:  # never: RedisLink sends only once connected
+            raise ConnectionError("the Redis link is not connected")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting.append(future)
-        assert self.transport is not None  # noqa: S101  # connected before any send (RedisLink._connected)
         self.transport.write(packed)
         return future
 
